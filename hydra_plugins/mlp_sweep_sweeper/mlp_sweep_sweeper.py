@@ -1,0 +1,41 @@
+"""Hydra plugin entry: the stock Optuna sweeper's config keys, plus heartbeat settings.
+
+Hydra imports this module whenever it scans plugins, so it stays light: Optuna and the
+implementation (mlp_sweep.sweeper) load only when a sweep starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from omegaconf import DictConfig
+
+
+@dataclass
+class MlpSweepSweeperConf(OptunaSweeperConf):
+    _target_: str = "hydra_plugins.mlp_sweep_sweeper.mlp_sweep_sweeper.MlpSweepSweeper"
+    n_jobs: int = 1  # trials launched at once; >1 only pays with a parallel launcher (joblib)
+    max_failure_rate: float = 0.5  # share of this run's finished trials allowed to fail
+    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (RDB storages)
+    grace_period: int | None = None  # seconds without a heartbeat before a trial is stale; None = 2 intervals
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="mlp_sweep", node=MlpSweepSweeperConf, provider="mlp_sweep")
+
+
+class MlpSweepSweeper(Sweeper):
+    def __init__(self, **kwargs: Any) -> None:
+        from mlp_sweep.sweeper import StudySweeper
+
+        self.sweeper = StudySweeper(**kwargs)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> None:
+        return self.sweeper.sweep(arguments)

@@ -1,0 +1,84 @@
+"""`python -m mlp_sweep` trains one MLP; `python -m mlp_sweep -m` runs a sweep."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from . import data
+from .callbacks import fail
+from .checks import check
+from .errors import UserError
+from .model import build
+from .plots import curves
+from .train import Metrics, fit, pick_device, set_threads
+
+log = logging.getLogger("mlp_sweep")
+_PACKAGE = Path(__file__).resolve().parent
+TRUSTED = ("mlp_sweep.*", "torch.optim.*")  # what config `_target_`s may instantiate
+CONF = str(_PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent / "conf")
+
+
+@hydra.main(config_path=CONF, config_name="config", execution_whitelist=TRUSTED)
+def main(cfg: DictConfig) -> float:
+    try:
+        return train_one(cfg)
+    except UserError as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweeper records the trial as failed
+        fail(str(err))
+
+
+def train_one(cfg: DictConfig) -> float:
+    check(cfg)
+    hydra_cfg = HydraConfig.get()
+    out = Path(hydra_cfg.runtime.output_dir)
+    device = pick_device(cfg.trainer.device)
+    threads = set_threads(cfg.trainer.threads, hydra_cfg.launcher.get("n_jobs") or 1)
+    splits = data.load(cfg.data, cfg.data_size, cfg.trainer.seed, device)
+    torch.manual_seed(cfg.trainer.seed)
+    model = build(splits.in_features, splits.n_classes, **cfg.model)
+    if cfg.trial is not None:
+        log.info("trial %s: %s", cfg.trial, " ".join(hydra_cfg.overrides.task))
+    log.info(
+        "%s: %d train / %d val / %d test images, %s, %d threads, %s parameters",
+        cfg.data.name, len(splits.y_train), len(splits.y_val), len(splits.y_test), device, threads,
+        f"{sum(p.numel() for p in model.parameters()):,}",
+    )  # fmt: skip
+    metrics = fit(model, splits, instantiate(cfg.optimizer), cfg.trainer, cfg.augment)
+    write_outputs(out, metrics, model if cfg.save_model else None)
+    log.info("%s", table(metrics))
+    log.info("outputs in %s", out)
+    return float(getattr(metrics, cfg.optimized_metric))
+
+
+def write_outputs(out: Path, metrics: Metrics, model: torch.nn.Module | None) -> None:
+    (out / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2) + "\n")
+    curves(metrics.history, out / "curves.png", title=str(out.name), best_epoch=metrics.best_epoch)
+    if model is not None:
+        torch.save(model.state_dict(), out / "model.pt")
+
+
+def table(m: Metrics) -> str:
+    """The course report's table: accuracy of the best epoch on each split."""
+    note = "" if m.status == "ok" else f"  [status: {m.status}]"
+    return (
+        f"best epoch {m.best_epoch} of {m.epochs_run}, {m.seconds:.1f} s, "
+        f"{m.images_per_second:,.0f} train img/s{note}\n"
+        f"  split        accuracy\n"
+        f"  train        {m.train_acc:8.2%}\n"
+        f"  validation   {m.val_acc:8.2%}\n"
+        f"  test         {m.test_acc:8.2%}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Per-image random augmentation of a whole batch at once, as tensor operations."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+GRAY = (0.299, 0.587, 0.114)  # luma weights for saturation
+
+
+class Batcher:
+    """Draws training batches; with augmentation, each image gets its own random transform.
+
+    Selection and crop cost one copy: the crop is an index into a view of every window of
+    the padded training set (unfold), not a gather per pixel; the flip then rewrites only the
+    mirrored images of the fresh batch.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        *,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        max_value: float,
+        flip: bool,
+        crop_padding: int,
+        brightness: float,
+        saturation: float,
+        rotation: float,
+    ) -> None:
+        self.mean, self.std, self.max_value = mean, std, max_value
+        self.flip, self.pad, self.rotation = flip, crop_padding, rotation
+        self.brightness, self.saturation = brightness, saturation if x.shape[1] == 3 else 0.0
+        self.source = F.pad(x, (crop_padding,) * 4) if crop_padding > 0 else x
+        self.windows = self.source.unfold(2, x.shape[2], 1).unfold(3, x.shape[3], 1) if crop_padding else None
+
+    def __call__(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """x: standardized NCHW images at idx, transformed with draws from g."""
+        if self.windows is None:
+            x = self.source[idx]
+        else:
+            dy, dx = torch.randint(0, 2 * self.pad + 1, (2, len(idx)), device=idx.device, generator=g)
+            x = self.windows[idx, :, dy, dx]
+        if self.flip:
+            x = random_flip(x, g)  # x is a fresh copy here, never the training set
+        if self.brightness > 0 or self.saturation > 0:
+            raw = colour_jitter(x * self.std + self.mean, self.brightness, self.saturation, self.max_value, g)
+            x = (raw - self.mean) / self.std
+        if self.rotation > 0:
+            x = random_rotation(x, self.rotation, g)
+        return x
+
+
+def _uniform(n: int, low: float, high: float, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, device=x.device, generator=g, dtype=x.dtype) * (high - low) + low
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Mirror each image with p = 0.5, in place: only the chosen images are rewritten."""
+    chosen = (torch.rand(x.shape[0], device=x.device, generator=g) < 0.5).nonzero().squeeze(1)
+    return x.index_copy_(0, chosen, x.index_select(0, chosen).flip(3))
+
+
+def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
+    n = x.shape[0]
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), device=x.device, generator=g)
+    windows = F.pad(x, (pad,) * 4).unfold(2, x.shape[2], 1).unfold(3, x.shape[3], 1)  # (N, C, 2p+1, 2p+1, H, W)
+    return windows[torch.arange(n, device=x.device), :, dy, dx]
+
+
+def colour_jitter(
+    raw: torch.Tensor, brightness: float, saturation: float, max_value: float, g: torch.Generator
+) -> torch.Tensor:
+    """raw: NCHW in pixel units; brightness scales, saturation blends with the gray image."""
+    n = raw.shape[0]
+    if brightness > 0:
+        raw = raw * _uniform(n, 1 - brightness, 1 + brightness, raw, g)[:, None, None, None]
+    if saturation > 0 and raw.shape[1] == 3:
+        weights = torch.tensor(GRAY, device=raw.device, dtype=raw.dtype)[None, :, None, None]
+        gray = (raw * weights).sum(1, keepdim=True)
+        factor = _uniform(n, 1 - saturation, 1 + saturation, raw, g)[:, None, None, None]
+        raw = gray + factor * (raw - gray)
+    return raw.clamp(0, max_value)
+
+
+def random_rotation(x: torch.Tensor, degrees: float, g: torch.Generator) -> torch.Tensor:
+    angle = _uniform(x.shape[0], -degrees, degrees, x, g) * (math.pi / 180)
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")

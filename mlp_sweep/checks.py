@@ -1,0 +1,98 @@
+"""Reject a bad configuration before any work, naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import UserError
+from .model import ACTIVATIONS, NORMS
+
+OBJECTIVES = ("val_acc", "val_loss")  # never test_*: the test set is only reported
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int_at_least(low: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _within(low: float, high: float, *, high_open: bool = True) -> Callable[[Any], bool]:
+    return lambda v: _number(v) and low <= v and (v < high if high_open else v <= high)
+
+
+def _one_of(*allowed: str) -> Callable[[Any], bool]:
+    return lambda v: v in allowed
+
+
+def _device(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None
+
+
+# key -> (test, what is allowed); keys absent from a config (momentum for Adam) are skipped
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.name": (_one_of("cifar10", "digits"), "cifar10 or digits"),
+    "data_size.train": (_int_at_least(1), "an integer >= 1"),
+    "data_size.val": (_int_at_least(1), "an integer >= 1"),
+    "model.num_layers": (_int_at_least(1), "an integer >= 1 (Linear layers; 2 = one hidden layer)"),
+    "model.hidden_size": (_int_at_least(1), "an integer >= 1"),
+    "model.activation": (_one_of(*ACTIVATIONS), "one of " + ", ".join(ACTIVATIONS)),
+    "model.norm": (_one_of(*NORMS), "one of " + ", ".join(NORMS)),
+    "model.dropout": (_within(0, 1), "a number in [0, 1)"),
+    "optimizer.lr": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "optimizer.weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "optimizer.momentum": (_within(0, 1), "a number in [0, 1)"),
+    "optimizer.nesterov": (lambda v: isinstance(v, bool), "true or false"),
+    "augment.flip": (lambda v: isinstance(v, bool), "true or false"),
+    "augment.crop_padding": (_int_at_least(0), "an integer >= 0 (pixels)"),
+    "augment.brightness": (_within(0, 1), "a number in [0, 1)"),
+    "augment.saturation": (_within(0, 1), "a number in [0, 1)"),
+    "augment.rotation": (_within(0, 180, high_open=False), "a number of degrees in [0, 180]"),
+    "trainer.epochs": (_int_at_least(1), "an integer >= 1"),
+    "trainer.batch_size": (_int_at_least(1), "an integer >= 1"),
+    "trainer.patience": (_int_at_least(0), "an integer >= 0 (0 = no early stopping)"),
+    "trainer.lr_schedule": (_one_of("constant", "cosine"), "constant or cosine"),
+    "trainer.warmup_epochs": (lambda v: _number(v) and v >= 0, "a number of epochs >= 0"),
+    "trainer.label_smoothing": (_within(0, 1), "a number in [0, 1)"),
+    "trainer.device": (_device, "auto, cpu, cuda or cuda:N"),
+    "trainer.threads": (_int_at_least(0), "an integer >= 0 (0 = automatic)"),
+    "trainer.precision": (_one_of("fp32", "bf16"), "fp32 or bf16"),
+    "trainer.seed": (_int_at_least(0), "an integer >= 0"),
+    "optimized_metric": (_one_of(*OBJECTIVES), "one of " + ", ".join(OBJECTIVES) + " (never a test metric)"),
+}
+
+
+def problems(cfg: DictConfig) -> list[str]:
+    """Every rule the config breaks, one message each."""
+    found = []
+    for key, (ok, allowed) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT:
+            continue
+        if not ok(value):
+            found.append(f"{key}={value!r} is not allowed: use {allowed}")
+    nesterov, momentum = OmegaConf.select(cfg, "optimizer.nesterov"), OmegaConf.select(cfg, "optimizer.momentum")
+    if nesterov is True and _number(momentum) and momentum <= 0:
+        found.append(f"optimizer.nesterov=True needs optimizer.momentum > 0, got {momentum!r}")
+    device = OmegaConf.select(cfg, "trainer.device")
+    if _device(device) and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            found.append(f"trainer.device={device!r} is not available on this machine: use auto or cpu")
+    return found
+
+
+def check(cfg: DictConfig) -> None:
+    found = problems(cfg)
+    if found:
+        raise UserError("invalid configuration:\n  " + "\n  ".join(found))
+
+
+_ABSENT = object()

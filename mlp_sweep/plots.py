@@ -1,0 +1,31 @@
+"""PNG plots of a run's learning curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def curves(history: Sequence[dict], path: Path, title: str = "", best_epoch: int = 0) -> None:
+    """Loss and accuracy per epoch, train and validation, side by side."""
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, metric, label in ((ax_loss, "loss", "cross-entropy"), (ax_acc, "acc", "accuracy")):
+        for split, style in (("train", "-"), ("val", "--")):
+            ax.plot(epochs, [row[f"{split}_{metric}"] for row in history], style, marker=".", label=split)
+        if best_epoch:
+            ax.axvline(best_epoch, color="gray", lw=0.8, ls=":", label=f"best epoch ({best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax_acc.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

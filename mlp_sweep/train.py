@@ -1,0 +1,181 @@
+"""Training loop: seeded batches of in-memory tensors, early stopping, divergence guard."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import Batcher
+from .data import Splits
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 4096  # images per forward pass when evaluating
+
+
+@dataclass
+class Metrics:
+    train_acc: float  # of the best epoch's weights, on the un-augmented training split
+    val_acc: float
+    test_acc: float
+    val_loss: float
+    best_epoch: int  # 1-based; 0 = no epoch finished (diverged at once)
+    epochs_run: int
+    status: str  # "ok" | "diverged"
+    seconds: float  # whole fit, evaluation included
+    images_per_second: float  # training images per second of training steps
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def set_threads(threads: int, parallel_jobs: int = 1) -> int:
+    """Torch CPU threads: as asked, or the cores shared out among parallel jobs."""
+    n = threads or max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
+    torch.set_num_threads(n)
+    return n
+
+
+def fit(
+    model: nn.Module,
+    splits: Splits,
+    make_optimizer: Callable[..., torch.optim.Optimizer],
+    trainer: Any,
+    augmentation: Any,
+    report: Callable[[str], None] = log.info,
+) -> Metrics:
+    """Train, keep the best epoch by val accuracy, restore it, and measure train/val/test."""
+    start = time.perf_counter()
+    device = splits.x_train.device
+    model.to(device)
+    optimizer = make_optimizer(model.parameters())
+    n = len(splits.y_train)
+    steps_per_epoch = math.ceil(n / trainer.batch_size)
+    schedule = _schedule(optimizer, trainer, steps_per_epoch)
+    g = torch.Generator(device=device).manual_seed(int(trainer.seed))
+    autocast = _autocast(device, trainer.precision)
+    batch = Batcher(splits.x_train, mean=splits.mean, std=splits.std, max_value=splits.max_value, **augmentation)
+
+    best_acc, best_epoch, best_state = -1.0, 0, _snapshot(model)
+    status, history, train_seconds, images_seen = "ok", [], 0.0, 0
+    for epoch in range(1, int(trainer.epochs) + 1):
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        order = torch.randperm(n, device=device, generator=g)
+        for i in range(0, n, trainer.batch_size):
+            idx = order[i : i + trainer.batch_size]
+            xb, yb = batch(idx, g), splits.y_train[idx]
+            with autocast:
+                logits = model(xb)
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=trainer.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == yb).sum()
+        train_loss = loss_sum.item() / n
+        epoch_train_seconds = time.perf_counter() - t0
+        train_seconds += epoch_train_seconds
+        images_seen += n
+        if not math.isfinite(train_loss):
+            status = "diverged"
+            log.warning("epoch %d: training loss is %s; stopping, keeping epoch %d", epoch, train_loss, best_epoch)
+            break
+        val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, autocast)
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": correct.item() / n,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "seconds": time.perf_counter() - t0,
+            "images_per_second": n / epoch_train_seconds,
+        }
+        history.append(row)
+        improved = val_acc > best_acc
+        if improved:
+            best_acc, best_epoch, best_state = val_acc, epoch, _snapshot(model)
+        report(
+            f"epoch {epoch:3d}/{trainer.epochs}  train loss {train_loss:.4f} acc {row['train_acc']:6.2%}"
+            f"  val loss {val_loss:.4f} acc {val_acc:6.2%}{' *' if improved else '  '}"
+            f"  {row['images_per_second']:8,.0f} img/s"
+        )
+        if trainer.patience and epoch - best_epoch >= trainer.patience:
+            report(f"early stop: no better val_acc for {trainer.patience} epochs; best epoch {best_epoch}")
+            break
+
+    model.load_state_dict(best_state)
+    val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, autocast)
+    return Metrics(
+        train_acc=evaluate(model, splits.x_train, splits.y_train, autocast)[1],
+        val_acc=val_acc,
+        test_acc=evaluate(model, splits.x_test, splits.y_test, autocast)[1],
+        val_loss=val_loss,
+        best_epoch=best_epoch,
+        epochs_run=len(history) + (status == "diverged"),
+        status=status,
+        seconds=time.perf_counter() - start,
+        images_per_second=images_seen / train_seconds if train_seconds else 0.0,
+        history=history,
+    )
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: Any = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy, in large batches, eval mode."""
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for i in range(0, len(y), EVAL_BATCH):
+        with autocast or contextlib.nullcontext():
+            logits = model(x[i : i + EVAL_BATCH]).float()
+        loss += F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="sum")
+        correct += (logits.argmax(1) == y[i : i + EVAL_BATCH]).sum()
+    return loss.item() / len(y), correct.item() / len(y)
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _schedule(optimizer: torch.optim.Optimizer, trainer: Any, steps_per_epoch: int) -> Any:
+    """Per-step lr multiplier: none for constant; linear warmup then cosine decay to 0."""
+    if trainer.lr_schedule == "constant":
+        return None
+    total = max(1, int(trainer.epochs) * steps_per_epoch)
+    warmup = int(trainer.warmup_epochs * steps_per_epoch)
+
+    def cosine(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)

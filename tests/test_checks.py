@@ -1,0 +1,42 @@
+import pytest
+
+from mlp_sweep.checks import check, problems
+from mlp_sweep.errors import UserError
+
+
+def test_default_and_named_configs_are_valid(cfg_of):
+    for overrides in [(), ("data=digits",), ("optimizer=sgd",), ("optimizer=adamw", "augment=full")]:
+        assert problems(cfg_of(*overrides)) == []
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.activation=swish", "model.activation='swish' is not allowed: use one of relu, leaky_relu"),
+        ("model.norm=group", "model.norm='group' is not allowed: use one of none, batch, layer"),
+        ("optimizer.lr=0", "optimizer.lr=0 is not allowed: use a number > 0"),
+        ("optimizer.lr=-1e-3", "optimizer.lr=-0.001 is not allowed"),
+        ("optimizer.weight_decay=-1", "optimizer.weight_decay=-1 is not allowed: use a number >= 0"),
+        ("model.dropout=1.0", "model.dropout=1.0 is not allowed: use a number in [0, 1)"),
+        ("model.hidden_size=0", "model.hidden_size=0 is not allowed: use an integer >= 1"),
+        ("model.num_layers=0", "model.num_layers=0 is not allowed"),
+        ("data_size.train=0", "data_size.train=0 is not allowed: use an integer >= 1"),
+        ("trainer.batch_size=0", "trainer.batch_size=0 is not allowed: use an integer >= 1"),
+        ("trainer.precision=fp16", "trainer.precision='fp16' is not allowed: use fp32 or bf16"),
+        ("optimized_metric=test_acc", "optimized_metric='test_acc' is not allowed"),
+        ("model.hidden_size=abc", "model.hidden_size='abc' is not allowed"),
+    ],
+)
+def test_message_names_key_value_and_allowed(cfg_of, override, expected):
+    with pytest.raises(UserError) as err:
+        check(cfg_of(override))
+    assert expected in str(err.value)
+
+
+def test_all_problems_reported_at_once(cfg_of):
+    found = problems(cfg_of("optimizer.lr=-1", "model.activation=x"))
+    assert len(found) == 2
+
+
+def test_nesterov_needs_momentum(cfg_of):
+    assert "needs optimizer.momentum > 0" in problems(cfg_of("optimizer=sgd", "optimizer.momentum=0"))[0]

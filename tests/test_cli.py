@@ -1,0 +1,118 @@
+import json
+
+import pytest
+
+from mlp_sweep.data import PREPARED
+
+from .conftest import run_cli, write_archive
+
+METRIC_KEYS = {
+    "train_acc",
+    "val_acc",
+    "test_acc",
+    "best_epoch",
+    "epochs_run",
+    "status",
+    "seconds",
+    "images_per_second",
+    "history",
+}
+HISTORY_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
+
+
+def check_run_dir(out, epochs):
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics.keys() >= METRIC_KEYS
+    assert len(metrics["history"]) == epochs and metrics["history"][0].keys() >= HISTORY_KEYS
+    assert metrics["status"] == "ok" and metrics["images_per_second"] > 0
+    assert (out / "curves.png").stat().st_size > 5000
+    assert (out / "model.pt").is_file()
+    return metrics
+
+
+def test_digits_run_writes_metrics_curves_and_weights(tmp_path):
+    out = tmp_path / "run"
+    res = run_cli("data=digits", "trainer.epochs=4", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    metrics = check_run_dir(out, 4)
+    log = res.stdout + res.stderr
+    assert log.count("img/s") >= 4  # one line per epoch
+    assert "validation" in log and f"{metrics['test_acc']:8.2%}" in log
+
+
+def test_default_output_dir_is_under_outputs_of_the_launch_dir(tmp_path):
+    res = run_cli("data=digits", "trainer.epochs=1", "save_model=false", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    [metrics_file] = (tmp_path / "outputs").glob("*/*/metrics.json")
+    assert not (metrics_file.parent / "model.pt").exists()
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    res = run_cli("--cfg", "job", "model.hidden_size=123", cwd=tmp_path)
+    assert res.returncode == 0 and "hidden_size: 123" in res.stdout
+
+
+def test_short_run_on_real_cifar10(tmp_path, cifar_dir):
+    out = tmp_path / "run"
+    res = run_cli(
+        "data_size=1k",
+        "trainer.epochs=2",
+        "augment=flip_crop",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+        env={"MLP_SWEEP_DATA_DIR": str(cifar_dir)},
+    )
+    assert res.returncode == 0, res.stderr
+    metrics = check_run_dir(out, 2)
+    assert metrics["val_acc"] > 0.2  # well above chance (10 %) after 2 epochs on 1k images
+
+
+def assert_user_error(res, *fragments):
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr + res.stdout
+    for fragment in fragments:
+        assert fragment in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("model.activation=swish", "model.activation='swish'"),
+        ("optimizer.lr=-1", "optimizer.lr=-1"),
+        ("model.dropout=1.5", "model.dropout=1.5"),
+        ("trainer.batch_size=0", "trainer.batch_size=0"),
+    ],
+)
+def test_bad_config_is_rejected_before_training(tmp_path, override, fragment):
+    res = run_cli("data=digits", override, cwd=tmp_path)
+    assert_user_error(res, fragment, "is not allowed")
+    assert "epoch" not in res.stdout + res.stderr
+
+
+def test_unknown_optimizer_lists_the_options(tmp_path):
+    res = run_cli("optimizer=adagrad", cwd=tmp_path)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "optimizer/adagrad" in res.stderr and "adamw" in res.stderr
+
+
+def test_unwritable_output_dir(tmp_path):
+    (tmp_path / "file").write_text("")
+    res = run_cli("data=digits", f"hydra.run.dir={tmp_path / 'file' / 'run'}", cwd=tmp_path)
+    assert_user_error(res, "hydra.run.dir=", "use a directory you can write to")
+
+
+def test_corrupt_data_file_is_named(tmp_path):
+    (tmp_path / PREPARED).write_bytes(b"\x00" * 100)
+    res = run_cli("data_size=1k", cwd=tmp_path, env={"MLP_SWEEP_DATA_DIR": str(tmp_path)})
+    assert_user_error(res, str(tmp_path / PREPARED), "corrupt")
+
+
+def test_size_beyond_the_data(tmp_path):
+    write_archive(tmp_path / "cifar-10-python.tar.gz")  # 100 training images
+    res = run_cli("data_size=1k", cwd=tmp_path, env={"MLP_SWEEP_DATA_DIR": str(tmp_path)})
+    assert_user_error(res, "data_size.train + data_size.val", "exceeds the 100 training images")
+
+
+def test_missing_data_offline(tmp_path):
+    res = run_cli("data.download=false", cwd=tmp_path, env={"MLP_SWEEP_DATA_DIR": str(tmp_path / "none")})
+    assert_user_error(res, "CIFAR-10 was not found", "data=digits")

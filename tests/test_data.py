@@ -1,0 +1,186 @@
+import http.server
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mlp_sweep import data
+from mlp_sweep.errors import UserError
+
+from .conftest import md5, write_archive
+
+
+def cifar_cfg(root, **extra):
+    return OmegaConf.create(
+        {
+            "name": "cifar10",
+            "root": str(root),
+            "download": False,
+            "url": None,
+            "md5": None,
+            "scale_to_fit": False,
+            **extra,
+        }
+    )
+
+
+def size(train, val):
+    return OmegaConf.create({"train": train, "val": val})
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    data._raw.cache_clear()
+    data._splits.cache_clear()
+
+
+def test_split_is_stratified_disjoint_and_seeded():
+    y = np.repeat(np.arange(10), [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000])
+    train, val = data.stratified_split(y, 2000, 500, seed=1)
+    assert len(train) == 2000 and len(val) == 500
+    assert not set(train) & set(val)
+    shares = np.bincount(y, minlength=10) / len(y)
+    for idx in (train, val):
+        got = np.bincount(y[idx], minlength=10) / len(idx)
+        assert np.abs(got - shares).max() <= 1 / len(idx) + 1e-9
+    again = data.stratified_split(y, 2000, 500, seed=1)
+    other = data.stratified_split(y, 2000, 500, seed=2)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val), again, strict=True))
+    assert not np.array_equal(np.sort(val), np.sort(other[1]))
+
+
+def test_split_can_take_everything():
+    y = np.repeat(np.arange(3), [5, 7, 9])
+    train, val = data.stratified_split(y, 15, 6, seed=0)
+    assert sorted(np.concatenate([train, val])) == list(range(21))
+
+
+def test_digits_standardized_with_train_statistics_only():
+    cfg = OmegaConf.load("conf/data/digits.yaml")
+    s = data.load(cfg, size(500, 200), seed=0, device="cpu")
+    assert s.x_train.shape == (500, 1, 8, 8) and s.x_val.shape == (200, 1, 8, 8)
+    assert s.x_test.shape == (360, 1, 8, 8) and s.in_features == 64 and s.n_classes == 10
+    assert abs(s.x_train.mean().item()) < 1e-4
+    assert abs(s.x_train.std().item() - 1) < 1e-3
+    assert abs(s.x_val.mean().item()) > 1e-4  # val is scaled with the train statistics, not its own
+    assert s.y_train.dtype == torch.int64
+
+
+def test_digits_scales_an_oversized_request_keeping_the_ratio():
+    cfg = OmegaConf.load("conf/data/digits.yaml")
+    s = data.load(cfg, size(20000, 4000), seed=0, device="cpu")
+    assert len(s.y_train) + len(s.y_val) == 1797 - 360
+    assert len(s.y_train) / len(s.y_val) == pytest.approx(5, rel=0.02)
+
+
+def test_cifar_request_beyond_the_data_names_the_keys(tmp_path):
+    write_archive(tmp_path / data.ARCHIVE)
+    with pytest.raises(UserError, match=r"data_size.train \+ data_size.val = 90 \+ 20 = 110 exceeds the 100"):
+        data.load(cifar_cfg(tmp_path), size(90, 20), seed=0, device="cpu")
+
+
+def test_archive_is_converted_once_into_the_prepared_file(tmp_path):
+    train, test = write_archive(tmp_path / data.ARCHIVE)
+    s = data.load(cifar_cfg(tmp_path), size(60, 40), seed=0, device="cpu")
+    assert s.x_train.shape == (60, 3, 32, 32) and len(s.y_test) == 20
+    raw = data.read_prepared(tmp_path / data.PREPARED)
+    assert raw.x_train.shape == (100, 32, 32, 3) and raw.x_train.dtype == np.uint8
+    first = train[0][b"data"][0].reshape(3, 32, 32).transpose(1, 2, 0)
+    assert np.array_equal(raw.x_train[0], first)  # CHW rows became HWC images
+    assert list(raw.y_test) == test[b"labels"]
+    (tmp_path / data.ARCHIVE).unlink()
+    data._raw.cache_clear()
+    assert data.load(cifar_cfg(tmp_path), size(60, 40), seed=0, device="cpu").x_train.shape[0] == 60
+
+
+def test_extracted_folder_is_accepted(tmp_path):
+    import tarfile
+
+    write_archive(tmp_path / "a.tar.gz")
+    with tarfile.open(tmp_path / "a.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    (tmp_path / "a.tar.gz").unlink()
+    s = data.load(cifar_cfg(tmp_path), size(50, 10), seed=0, device="cpu")
+    assert len(s.y_train) == 50 and (tmp_path / data.PREPARED).is_file()
+
+
+@pytest.mark.parametrize("content", [b"not a zip at all", None])
+def test_corrupt_or_truncated_prepared_file_names_the_file(tmp_path, content):
+    path = tmp_path / data.PREPARED
+    if content is None:  # a real npz cut short
+        write_archive(tmp_path / data.ARCHIVE)
+        data.load(cifar_cfg(tmp_path), size(50, 10), seed=0, device="cpu")
+        path.write_bytes(path.read_bytes()[:5000])
+        data._raw.cache_clear()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=f"{path}.*corrupt or truncated"):
+        data.load(cifar_cfg(tmp_path), size(50, 10), seed=0, device="cpu")
+
+
+def test_wrong_shapes_in_prepared_file_are_rejected(tmp_path):
+    path = tmp_path / data.PREPARED
+    z = np.zeros((4, 32, 32, 3), np.uint8)
+    np.savez(path, x_train=z[..., 0], y_train=np.zeros(4, np.uint8), x_test=z, y_test=np.zeros(4, np.uint8))
+    with pytest.raises(UserError, match="expected format"):
+        data.load(cifar_cfg(tmp_path), size(2, 1), seed=0, device="cpu")
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A loopback HTTP server over a folder holding a tiny official-format archive."""
+    site = tmp_path / "site"
+    site.mkdir()
+    write_archive(site / data.ARCHIVE)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{data.ARCHIVE}", md5(site / data.ARCHIVE)
+    server.shutdown()
+
+
+def test_download_checks_and_converts(tmp_path, served):
+    url, checksum = served
+    root = tmp_path / "empty"
+    s = data.load(cifar_cfg(root, download=True, url=url, md5=checksum), size(50, 10), seed=0, device="cpu")
+    assert len(s.y_train) == 50
+    assert (root / data.PREPARED).is_file()
+
+
+def test_failed_download_says_where_it_looked_and_what_to_do(tmp_path, served):
+    url, _ = served
+    root = tmp_path / "empty"
+    cfg = cifar_cfg(root, download=True, url=url, md5="0" * 32)  # checksum mismatch
+    with pytest.raises(UserError) as err:
+        data.load(cfg, size(50, 10), seed=0, device="cpu")
+    message = str(err.value)
+    assert str(root) in message and "download failed" in message
+    assert "MLP_SWEEP_DATA_DIR" in message and "data=digits" in message
+    assert not (root / data.ARCHIVE).exists()  # no half-checked archive left behind
+
+
+def test_offline_without_download_says_what_to_do(tmp_path):
+    with pytest.raises(UserError, match="data.download=false.*MLP_SWEEP_DATA_DIR"):
+        data.load(cifar_cfg(tmp_path), size(50, 10), seed=0, device="cpu")
+
+
+def test_loaded_once_per_process(tmp_path):
+    write_archive(tmp_path / data.ARCHIVE)
+    cfg = cifar_cfg(tmp_path)
+    a = data.load(cfg, size(50, 10), seed=0, device="cpu")
+    b = data.load(cfg, size(50, 10), seed=0, device="cpu")
+    assert a is b and data._raw.cache_info().misses == 1
+
+
+def test_real_cifar10_file(cifar_dir):
+    raw = data.read_prepared(cifar_dir / data.PREPARED)
+    assert raw.x_train.shape == (50000, 32, 32, 3) and raw.x_test.shape == (10000, 32, 32, 3)
+    assert list(raw.y_train[:10]) == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    assert np.bincount(raw.y_train).tolist() == [5000] * 10

@@ -1,0 +1,95 @@
+import math
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from mlp_sweep import data
+from mlp_sweep.model import build
+from mlp_sweep.train import evaluate, fit
+
+
+def run(cfg):
+    splits = data.load(cfg.data, cfg.data_size, cfg.trainer.seed, "cpu")
+    torch.manual_seed(cfg.trainer.seed)
+    model = build(splits.in_features, splits.n_classes, **cfg.model)
+    metrics = fit(
+        model,
+        splits,
+        instantiate(cfg.optimizer, _execution_whitelist_=("torch.optim.*",)),
+        cfg.trainer,
+        cfg.augment,
+        report=lambda s: None,
+    )
+    return model, splits, metrics
+
+
+def test_loss_goes_down_on_digits(cfg_of):
+    _, _, m = run(cfg_of("data=digits", "trainer.epochs=8", "trainer.patience=0"))
+    losses = [row["train_loss"] for row in m.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert m.status == "ok" and m.epochs_run == 8 and m.val_acc > 0.8
+
+
+def test_ten_images_are_memorized(cfg_of):
+    """The course's sanity check: a net can fit 10 training images perfectly."""
+    cfg = cfg_of(
+        "data=digits",
+        "data_size.train=10",
+        "data_size.val=10",
+        "trainer.epochs=60",
+        "trainer.batch_size=10",
+        "trainer.patience=0",
+        "optimizer.lr=3e-3",
+    )
+    model, splits, m = run(cfg)
+    assert evaluate(model, splits.x_train, splits.y_train)[1] == 1.0
+    assert m.train_acc == 1.0
+
+
+def test_early_stopping_restores_the_best_epoch(cfg_of):
+    # a large lr makes val accuracy wander, so the last epoch is rarely the best
+    cfg = cfg_of(
+        "data=digits",
+        "trainer.epochs=30",
+        "trainer.patience=3",
+        "optimizer.lr=0.05",
+        "data_size.train=300",
+        "data_size.val=200",
+    )
+    model, splits, m = run(cfg)
+    best = max(m.history, key=lambda row: row["val_acc"])
+    assert m.best_epoch == best["epoch"]
+    assert m.epochs_run <= m.best_epoch + 3
+    assert m.val_acc == pytest.approx(best["val_acc"])
+    assert evaluate(model, splits.x_val, splits.y_val)[1] == pytest.approx(best["val_acc"])
+
+
+def test_divergence_stops_with_status_and_finite_metrics(cfg_of):
+    cfg = cfg_of("data=digits", "optimizer=sgd", "optimizer.lr=1e8", "trainer.epochs=5")
+    _, _, m = run(cfg)
+    assert m.status == "diverged"
+    assert m.epochs_run < 5 or m.history[-1]["epoch"] < 5
+    assert all(math.isfinite(v) for v in (m.val_acc, m.train_acc, m.test_acc))
+
+
+def test_augmented_bf16_cosine_training_runs(cfg_of):
+    cfg = cfg_of(
+        "data=digits",
+        "augment=full",
+        "trainer.precision=bf16",
+        "trainer.lr_schedule=cosine",
+        "trainer.warmup_epochs=1",
+        "trainer.epochs=3",
+        "model.norm=layer",
+        "model.activation=gelu",
+        "optimizer=adamw",
+        "trainer.label_smoothing=0.1",
+    )
+    _, _, m = run(cfg)
+    assert m.status == "ok" and len(m.history) == 3 and m.val_acc > 0.2
+
+
+def test_same_seed_same_result(cfg_of):
+    cfg = cfg_of("data=digits", "trainer.epochs=2", "augment=flip_crop")
+    assert run(cfg)[2].history[-1]["val_loss"] == run(cfg)[2].history[-1]["val_loss"]
