@@ -45,12 +45,14 @@ def reference_images_per_second(x: np.ndarray, y: np.ndarray, epochs: int, worke
     from PIL import Image
     from torchvision import transforms
 
-    tf = transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize((0.491, 0.482, 0.447), (0.247, 0.243, 0.262)),
-    ])  # fmt: skip
+    tf = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize((0.491, 0.482, 0.447), (0.247, 0.243, 0.262)),
+        ]
+    )
 
     class Cifar(torch.utils.data.Dataset):
         def __len__(self):

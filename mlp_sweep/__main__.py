@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -42,7 +43,7 @@ def train_one(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     out = Path(hydra_cfg.runtime.output_dir)
     device = pick_device(cfg.trainer.device)
-    threads = set_threads(cfg.trainer.threads, hydra_cfg.launcher.get("n_jobs") or 1)
+    threads = set_threads(cfg.trainer.threads, parallel_jobs(hydra_cfg))
     splits = data.load(cfg.data, cfg.data_size, cfg.trainer.seed, device)
     torch.manual_seed(cfg.trainer.seed)
     model = build(splits.in_features, splits.n_classes, **cfg.model)
@@ -50,14 +51,29 @@ def train_one(cfg: DictConfig) -> float:
         log.info("trial %s: %s", cfg.trial, " ".join(hydra_cfg.overrides.task))
     log.info(
         "%s: %d train / %d val / %d test images, %s, %d threads, %s parameters",
-        cfg.data.name, len(splits.y_train), len(splits.y_val), len(splits.y_test), device, threads,
+        cfg.data.name,
+        len(splits.y_train),
+        len(splits.y_val),
+        len(splits.y_test),
+        device,
+        threads,
         f"{sum(p.numel() for p in model.parameters()):,}",
-    )  # fmt: skip
+    )
     metrics = fit(model, splits, instantiate(cfg.optimizer), cfg.trainer, cfg.augment)
     write_outputs(out, metrics, model if cfg.save_model else None)
     log.info("%s", table(metrics))
     log.info("outputs in %s", out)
     return float(getattr(metrics, cfg.optimized_metric))
+
+
+def parallel_jobs(hydra_cfg: DictConfig) -> int:
+    """Jobs running at once in this sweep: the launcher's workers (-1 = one per core), at most the
+    trials the sweeper hands out at a time; 1 for a single run or the sequential launcher."""
+    if hydra_cfg.mode != RunMode.MULTIRUN or "n_jobs" not in hydra_cfg.launcher:
+        return 1
+    workers = int(hydra_cfg.launcher.n_jobs)
+    workers = os.cpu_count() or 1 if workers < 0 else workers
+    return max(1, min(workers, int(hydra_cfg.sweeper.get("n_jobs", workers))))
 
 
 def write_outputs(out: Path, metrics: Metrics, model: torch.nn.Module | None) -> None:

@@ -24,9 +24,17 @@ PREPARED = "cifar10_uint8.npz"  # the project's own cache, same format as shared
 ARCHIVE = "cifar-10-python.tar.gz"
 EXTRACTED = "cifar-10-batches-py"
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 DIGITS_TEST = 360  # fixed, stratified held-out test set for digits (20 %)
 
 
@@ -121,8 +129,13 @@ def _sizes(raw: Raw, n_train: int, n_val: int, name: str, scale_to_fit: bool) ->
     new_val = max(1, round(n_val * scale))
     log.info(
         "data_size %d + %d exceeds the %d images of %s: scaled to %d + %d",
-        n_train, n_val, pool, name, pool - new_val, new_val,
-    )  # fmt: skip
+        n_train,
+        n_val,
+        pool,
+        name,
+        pool - new_val,
+        new_val,
+    )
     return pool - new_val, new_val
 
 

@@ -34,17 +34,19 @@ def rows_from_study(study: Any) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
-        rows.append({
-            "number": t.number,
-            "state": t.state.name,
-            "params": dict(t.params),
-            **{k: attrs.get(k) for k in (*SCORES, "epochs_run")},
-            "value": t.value,
-            "seconds": attrs.get("seconds"),
-            "fail_reason": attrs.get("fail_reason", ""),
-            "directory": attrs.get("dir", ""),
-            "curves": attrs.get("curves"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": dict(t.params),
+                **{k: attrs.get(k) for k in (*SCORES, "epochs_run")},
+                "value": t.value,
+                "seconds": attrs.get("seconds"),
+                "fail_reason": attrs.get("fail_reason", ""),
+                "directory": attrs.get("dir", ""),
+                "curves": attrs.get("curves"),
+            }
+        )
     return rows
 
 
@@ -64,17 +66,23 @@ def rows_from_dirs(sweep_dir: Path, metric: str = "val_acc") -> list[dict[str, A
             m = {}
         ok = m.get("status") == "ok"
         history = m.get("history") or []
-        rows.append({
-            "number": int(job.name),
-            "state": "COMPLETE" if ok else "FAIL",
-            "params": params,
-            **{k: m.get(k) for k in (*SCORES, "epochs_run")},
-            "value": m.get(metric) if ok else None,
-            "seconds": m.get("seconds"),
-            "fail_reason": "" if ok else m.get("status", "no metrics.json"),
-            "directory": str(job),
-            "curves": {k: [r[k] for r in history] for k in ("train_acc", "val_acc")} if history else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "number": int(job.name),
+                "state": "COMPLETE" if ok else "FAIL",
+                "params": params,
+                **{k: m.get(k) for k in (*SCORES, "epochs_run")},
+                "value": m.get(metric) if ok else None,
+                "seconds": m.get("seconds"),
+                "fail_reason": "" if ok else m.get("status", "no metrics.json"),
+                "directory": str(job),
+                "curves": {k: [r[k] for r in history] for k in ("train_acc", "val_acc")} if history else None,
+            }
+        )
+    if len(rows) > 1:  # keep what was swept; drop overrides every job shared (data=..., the preset)
+        shared = {k for k, v in rows[0]["params"].items() if all(r["params"].get(k) == v for r in rows)}
+        for r in rows:
+            r["params"] = {k: v for k, v in r["params"].items() if k not in shared}
     return rows
 
 
@@ -89,7 +97,8 @@ def write_report(
     others = sorted((r for r in rows if r not in ranked), key=lambda r: r["number"])
     _write_csv(rows, out / "summary.csv")
     plots = _plots(rows, ranked, out, study, metric, lower_is_better)
-    md = _markdown(ranked, others, rows, metric, title or (study.study_name if study else out.name), plots)
+    title = title or (study.study_name if study else f"{out.parent.name}/{out.name}")
+    md = _markdown(ranked, others, rows, metric, title, plots)
     (out / "summary.md").write_text(md)
     return md
 
@@ -105,9 +114,16 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         w = csv.writer(f)
         w.writerow(head)
         for r in sorted(rows, key=lambda r: r["number"]):
-            w.writerow([r["number"], r["state"], *(r["params"].get(n, "") for n in names),
-                        *(_blank(r[k]) for k in (*SCORES, "epochs_run", "seconds")), r["fail_reason"],
-                        r["directory"]])  # fmt: skip
+            w.writerow(
+                [
+                    r["number"],
+                    r["state"],
+                    *(r["params"].get(n, "") for n in names),
+                    *(_blank(r[k]) for k in (*SCORES, "epochs_run", "seconds")),
+                    r["fail_reason"],
+                    r["directory"],
+                ]
+            )
 
 
 def _blank(v: Any) -> Any:
@@ -128,21 +144,35 @@ def _markdown(ranked: list, others: list, rows: list, metric: str, title: str, p
         states[r["state"]] = states.get(r["state"], 0) + 1
     lines = [f"# Sweep {title}", "", ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "no trials"]
     lines += ["", f"Trials by {metric}, best first:", ""]
-    lines += ["| trial | state | val_acc | train_acc | test_acc | epochs | seconds | params |",
-              "|---:|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines += [
+        "| trial | state | val_acc | train_acc | test_acc | epochs | seconds | params |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in [*ranked, *others]:
         params = ", ".join(f"{k}={_show(v)}" for k, v in r["params"].items())
         if r["fail_reason"]:
             params += f" — {r['fail_reason']}"
-        secs = f"{r['seconds']:.1f}" if _finite(r["seconds"]) else "-"
-        lines.append(f"| {r['number']} | {r['state'].lower()} | {_pct(r['val_acc'])} | {_pct(r['train_acc'])} | "
-                     f"{_pct(r['test_acc'])} | {r['epochs_run'] or '-'} | {secs} | {params} |")  # fmt: skip
+        secs = f"{r['seconds']:.3g}" if _finite(r["seconds"]) else "-"
+        lines.append(
+            f"| {r['number']} | {r['state'].lower()} | {_pct(r['val_acc'])} | {_pct(r['train_acc'])} | "
+            f"{_pct(r['test_acc'])} | {r['epochs_run'] or '-'} | {secs} | {params} |"
+        )
     if ranked:
         b = ranked[0]
-        lines += ["", f"## Best trial: {b['number']}", "", f"Directory: `{b['directory']}`", "",
-                  "| split | accuracy |", "|---|---:|", f"| train | {_pct(b['train_acc'])} |",
-                  f"| validation | {_pct(b['val_acc'])} |", f"| test | {_pct(b['test_acc'])} |", "",
-                  "Parameters: " + ", ".join(f"`{k}={_show(v)}`" for k, v in b["params"].items())]  # fmt: skip
+        lines += [
+            "",
+            f"## Best trial: {b['number']}",
+            "",
+            f"Directory: `{b['directory']}`",
+            "",
+            "| split | accuracy |",
+            "|---|---:|",
+            f"| train | {_pct(b['train_acc'])} |",
+            f"| validation | {_pct(b['val_acc'])} |",
+            f"| test | {_pct(b['test_acc'])} |",
+            "",
+            "Parameters: " + ", ".join(f"`{k}={_show(v)}`" for k, v in b["params"].items()),
+        ]
     if plots:
         lines += ["", "Plots: " + ", ".join(plots)]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 
 from .errors import UserError
 
@@ -30,14 +31,27 @@ def open_storage(url: Any, heartbeat_interval: int, grace_period: int | None) ->
             log.warning("journal storage: trials of a killed sweep cannot be detected as stale")
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
         engine_kwargs = None
-        if url.startswith("sqlite:///"):
+        sqlite = url.startswith("sqlite:///")
+        if sqlite:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for a lock rather than fail
-        return optuna.storages.RDBStorage(
+        storage = optuna.storages.RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
         )
-    except Exception as err:
+        if sqlite:
+            sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
+            storage.engine.dispose()  # connections opened before the listener reconnect with it
+        return storage
+    except Exception as err:  # SQLAlchemy and Optuna raise many kinds for a bad URL
         raise UserError(
             f"hydra.sweeper.storage={url!r} cannot be opened ({err}); use an SQLAlchemy URL such as "
             "sqlite:///outputs/optuna.db or postgresql://user@host/db, or journal:PATH"
         ) from None
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    """WAL with normal sync: a commit stops costing an fsync, readers never block the writer."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

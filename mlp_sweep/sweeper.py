@@ -51,6 +51,8 @@ class StudySweeper(OptunaSweeperImpl):
         **stock: Any,
     ) -> None:
         self.sampler_cfg = sampler
+        self.requested_failure_rate = stock["max_failure_rate"]  # checked in sweep(), with a clear message
+        stock["max_failure_rate"] = min(1.0, max(0.0, float(stock["max_failure_rate"])))
         super().__init__(sampler=_instantiate_sampler(sampler), **stock)
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
@@ -71,8 +73,10 @@ class StudySweeper(OptunaSweeperImpl):
         sampler, n_trials = self._sampler(existing), self.n_trials
         if isinstance(sampler, optuna.samplers.GridSampler) or adhoc and all(map(_discrete, space.values())):
             grid = {k: self._to_grid_sampler_choices(d) for k, d in space.items()}
-            sampler = optuna.samplers.GridSampler(grid, seed=getattr(self.sampler, "_seed", None))
-            n_trials = math.prod(len(v) for v in grid.values())
+            sampler = optuna.samplers.GridSampler(grid, seed=self.sampler_cfg.get("seed"))
+            n_trials = math.prod(len(v) for v in grid.values())  # the whole grid, as Hydra's multirun
+            if any(o.startswith("hydra.sweeper.n_trials=") for o in self.config.hydra.overrides.hydra):
+                n_trials = min(n_trials, self.n_trials)
         elif callable(sampler) and not isinstance(sampler, optuna.samplers.BaseSampler):  # stock grid partial
             grid = {k: self._to_grid_sampler_choices(d) for k, d in space.items()}
             sampler, n_trials = sampler(grid), min(n_trials, math.prod(len(v) for v in grid.values()))
@@ -85,8 +89,13 @@ class StudySweeper(OptunaSweeperImpl):
             directions=self._get_directions(),
             load_if_exists=True,
         )
-        log.info("study %s in %s: target %d trials, sampler %s", name, self.storage or "memory", n_trials,
-                 type(sampler).__name__)  # fmt: skip
+        log.info(
+            "study %s in %s: target %d trials, sampler %s",
+            name,
+            self.storage or "memory",
+            n_trials,
+            type(sampler).__name__,
+        )
         log.info("trial directories under %s", sweep_dir)
         heartbeat = Heartbeat(storage, self.heartbeat_interval)
         try:
@@ -114,6 +123,7 @@ class StudySweeper(OptunaSweeperImpl):
         heartbeat: Heartbeat,
     ) -> None:
         ran, failed, announced = 0, [], False
+        allowed = math.floor(self.max_failure_rate * max(1, n_trials - sum(map(counts_toward_target, study.trials))))
         while True:
             fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)
@@ -123,8 +133,11 @@ class StudySweeper(OptunaSweeperImpl):
             if todo <= 0:
                 if running and heartbeat.enabled:
                     if not announced:
-                        log.info("waiting for %d trial(s) running in another process: %s", len(running),
-                                 ", ".join(str(t.number) for t in running))  # fmt: skip
+                        log.info(
+                            "waiting for %d trial(s) running in another process: %s",
+                            len(running),
+                            ", ".join(str(t.number) for t in running),
+                        )
                         announced = True
                     time.sleep(min(self.heartbeat_interval, 5))
                     continue
@@ -153,9 +166,16 @@ class StudySweeper(OptunaSweeperImpl):
                 if reason:
                     failed.append(reason)
             self._progress(study, n_trials)
-            if failed and len(failed) / ran > self.max_failure_rate:
-                log.error("%d of the %d trials run failed (last: %s), more than max_failure_rate=%s",
-                          len(failed), ran, failed[-1], self.max_failure_rate)  # fmt: skip
+            if len(failed) > allowed:
+                log.error(
+                    "%d of the %d trials run failed (last: %s): more than max_failure_rate=%s allows "
+                    "(%d of this run's trials)",
+                    len(failed),
+                    ran,
+                    failed[-1],
+                    self.max_failure_rate,
+                    allowed,
+                )
                 self._finish(study, sweep_dir)
                 sys.exit(1)
 
@@ -175,12 +195,18 @@ class StudySweeper(OptunaSweeperImpl):
                 reason = f"non-finite result {value}"
         if reason:
             trial.set_user_attr("fail_reason", reason)
-            study.tell(trial, state=TrialState.FAIL)
+            _tell(study, trial, state=TrialState.FAIL)
             log.warning("trial %d failed after %.1f s: %s", trial.number, seconds, reason)
         else:
-            study.tell(trial, value)
-            log.info("trial %d end: %s=%.4f in %.1f s (%s)", trial.number, self.config.optimized_metric, value,
-                     metrics.get("seconds", seconds), _params(trial.params))  # fmt: skip
+            _tell(study, trial, value)
+            log.info(
+                "trial %d end: %s=%.4f in %.3g s (%s)",
+                trial.number,
+                self.config.optimized_metric,
+                value,
+                metrics.get("seconds", seconds),
+                _params(trial.params),
+            )
         return reason
 
     def _interrupted(self, study: optuna.Study, asked: list, sweep_dir: Path, heartbeat: Heartbeat) -> None:
@@ -192,10 +218,10 @@ class StudySweeper(OptunaSweeperImpl):
             record_metrics(trial, metrics, job_dir)
             value = metrics.get(self.config.optimized_metric)
             if metrics.get("status") == "ok" and isinstance(value, (int, float)):
-                study.tell(trial, float(value))
+                _tell(study, trial, float(value))
                 continue
             trial.set_user_attr("fail_reason", "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
+            _tell(study, trial, state=TrialState.FAIL)
             requeue(study, study._storage.get_trial(trial._trial_id))
             log.warning("trial %d interrupted: recorded as failed and queued again", trial.number)
         self._finish(study, sweep_dir)
@@ -236,9 +262,13 @@ class StudySweeper(OptunaSweeperImpl):
             bad.append(f"hydra.sweeper.n_trials={self.n_trials!r} is not allowed: use an integer >= 1")
         if not (isinstance(self.n_jobs, int) and self.n_jobs >= 1):
             bad.append(f"hydra.sweeper.n_jobs={self.n_jobs!r} is not allowed: use an integer >= 1")
+        rate = self.requested_failure_rate
+        if not (isinstance(rate, (int, float)) and 0 <= rate <= 1):
+            bad.append(f"hydra.sweeper.max_failure_rate={rate!r} is not allowed: use a number in [0, 1]")
         if not (isinstance(self.heartbeat_interval, int) and self.heartbeat_interval >= 1):
-            bad.append(f"hydra.sweeper.heartbeat_interval={self.heartbeat_interval!r} is not allowed: "
-                       "use whole seconds >= 1")  # fmt: skip
+            bad.append(
+                f"hydra.sweeper.heartbeat_interval={self.heartbeat_interval!r} is not allowed: use whole seconds >= 1"
+            )
         if bad:
             raise UserError("invalid sweep settings:\n  " + "\n  ".join(bad))
 
@@ -251,15 +281,19 @@ class StudySweeper(OptunaSweeperImpl):
         adhoc = any(o.is_sweep_override() for o in parsed_args)
         lines = arguments if adhoc else [*preset, *arguments]
         typed = {o.get_key_element(): o.value() for o in _parse(lines, "sweep") if not o.is_sweep_override()}
-        try:
-            space, fixed, fixed_overrides = create_params_from_overrides(lines)
-        except (ValueError, AssertionError) as err:
-            raise UserError(f"invalid search space: {err}") from None
+        for line in lines:  # one at a time, so an error names its key
+            try:
+                create_params_from_overrides([line])
+            except (ValueError, AssertionError) as err:
+                raise UserError(f"invalid search space, nothing was run:\n  {line}: {err}") from None
+        space, fixed, fixed_overrides = create_params_from_overrides(lines)
         for name in fixed:
             space.pop(name, None)
         if not space:
-            raise UserError("the search space is empty: give hydra.sweeper.params (hparams_search=...) or "
-                            "sweeps on the command line, e.g. optimizer.lr=1e-3,1e-4")  # fmt: skip
+            raise UserError(
+                "the search space is empty: give hydra.sweeper.params (hparams_search=...) or "
+                "sweeps on the command line, e.g. optimizer.lr=1e-3,1e-4"
+            )
         return space, fixed, fixed_overrides, adhoc, {k: typed[k] for k in fixed if k in typed}
 
     def _check_values(self, space: dict[str, BaseDistribution], fixed: dict[str, Any]) -> None:
@@ -273,8 +307,11 @@ class StudySweeper(OptunaSweeperImpl):
             key = name.lstrip("+~")
             if key in groups:
                 options = loader.get_group_options(key)
-                found += [f"{key}={v!r}: not an option of group {key} ({', '.join(options)})"
-                          for v in values if str(v) not in options]  # fmt: skip
+                found += [
+                    f"{key}={v!r}: not an option of group {key} ({', '.join(options)})"
+                    for v in values
+                    if str(v) not in options
+                ]
                 continue
             if name.startswith("+"):
                 continue
@@ -289,7 +326,8 @@ class StudySweeper(OptunaSweeperImpl):
             raise UserError("invalid search space, nothing was run:\n  " + "\n  ".join(dict.fromkeys(found)))
 
     def _study_name(self, adhoc: bool, space: dict[str, BaseDistribution]) -> str:
-        if not adhoc:
+        named = any(o.startswith("hydra.sweeper.study_name=") for o in self.config.hydra.overrides.hydra)
+        if not adhoc or named:
             return self.study_name or "mlp_sweep"
         # an ad-hoc space gets a study of its own: it would conflict with the preset's
         digest = hashlib.sha1(json.dumps({k: repr(v) for k, v in sorted(space.items())}).encode()).hexdigest()
@@ -337,6 +375,14 @@ def check_against_stored(storage: Any, name: str, space: dict[str, BaseDistribut
     return len(trials)
 
 
+def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: Any = None) -> None:
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as err:  # GridSampler stops the study when its grid is used up; the trial is told
+        if "Study.stop" not in str(err):
+            raise
+
+
 def _instantiate_sampler(cfg: Any) -> Any:
     return instantiate(cfg, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
 
@@ -360,8 +406,11 @@ def fail_stale_trials(study: optuna.Study) -> None:
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first
         trial = storage.get_trial(trial_id)
-        log.warning("trial %d was left running by a stopped worker (%s): failed as stale", trial.number,
-                    trial.user_attrs.get("worker", "unknown"))  # fmt: skip
+        log.warning(
+            "trial %d was left running by a stopped worker (%s): failed as stale",
+            trial.number,
+            trial.user_attrs.get("worker", "unknown"),
+        )
         requeue(study, trial)
 
 

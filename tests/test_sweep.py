@@ -1,0 +1,312 @@
+"""End-to-end sweeps in subprocesses on digits: presets, resume, failures, signals, bad spaces."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from .conftest import run_cli, write_archive
+
+FAST = ("data=digits", "trainer.epochs=2")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def sweep(tmp_path, *args, env=None, timeout=300):
+    return run_cli("-m", *args, cwd=tmp_path, env=env, timeout=timeout)
+
+
+def study(tmp_path, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
+
+
+def studies(tmp_path):
+    db = tmp_path / "outputs" / "optuna.db"
+    if not db.exists():
+        return {}
+    storage = f"sqlite:///{db}"
+    return {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+
+
+def states(trials):
+    return [t.state for t in trials]
+
+
+def test_tpe_default_runs_to_target_then_resumes_to_a_larger_one(tmp_path):
+    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=3")
+    assert res.returncode == 0, res.stderr
+    s = study(tmp_path, "tpe-digits-20k")
+    assert states(s.trials) == [TrialState.COMPLETE] * 3
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "tpe-digits-20k"
+    first = {n: (sweep_dir / str(n) / "metrics.json").stat().st_mtime_ns for n in range(3)}
+    log = res.stdout + res.stderr
+    assert "trial 0 start: optimizer.lr=" in log and "trial 2 end: val_acc=" in log
+    assert "progress: 3 / 3 trials done, best val_acc" in log
+
+    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=5")
+    assert res.returncode == 0, res.stderr
+    s = study(tmp_path, "tpe-digits-20k")
+    assert [t.number for t in s.trials] == [0, 1, 2, 3, 4] and states(s.trials) == [TrialState.COMPLETE] * 5
+    assert {n: (sweep_dir / str(n) / "metrics.json").stat().st_mtime_ns for n in range(3)} == first
+    assert (sweep_dir / "4" / "metrics.json").is_file()
+    assert s.trials[3].params != s.trials[0].params  # a rerun continues the search, no replay
+
+    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=5")
+    assert res.returncode == 0 and "already has 5 of 5 trials: nothing to run" in res.stdout + res.stderr
+    assert len(study(tmp_path, "tpe-digits-20k").trials) == 5
+
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    best = s.best_trial
+    assert results["best_trial"] == best.number and results["best_value"] == pytest.approx(best.value)
+    assert results["best_dir"] == str(sweep_dir / str(best.number))
+
+
+def test_summary_files_agree_with_the_storage(tmp_path):
+    assert sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=5").returncode == 0
+    s = study(tmp_path, "tpe-digits-20k")
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "tpe-digits-20k"
+    import csv
+
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert len(rows) == 5
+    for row, trial in zip(sorted(rows, key=lambda r: int(r["number"])), s.trials, strict=True):
+        assert float(row["val_acc"]) == pytest.approx(trial.value)
+        assert float(row["model.hidden_size"]) == trial.params["model.hidden_size"]
+        metrics = json.loads((sweep_dir / str(trial.number) / "metrics.json").read_text())
+        assert float(row["test_acc"]) == pytest.approx(metrics["test_acc"])
+    md = (sweep_dir / "summary.md").read_text()
+    assert f"## Best trial: {s.best_trial.number}" in md and "| test |" in md
+    for plot in ("history.png", "curves.png", "importances.png"):
+        assert (sweep_dir / plot).stat().st_size > 5000
+
+
+def test_report_command_rebuilds_the_summary_from_the_storage(tmp_path):
+    assert sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2").returncode == 0
+    out = tmp_path / "report"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlp_sweep.report",
+            "--storage",
+            f"sqlite:///{tmp_path}/outputs/optuna.db",
+            "--study",
+            "tpe-digits-20k",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "## Best trial" in res.stdout and len((out / "summary.csv").read_text().splitlines()) == 3
+    res = subprocess.run(
+        [sys.executable, "-m", "mlp_sweep.report", "--storage", f"sqlite:///{tmp_path}/x.db"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "no such database file" in res.stderr
+
+
+def test_random_preset(tmp_path):
+    res = sweep(tmp_path, *FAST, "hparams_search=random", "hydra.sweeper.n_trials=2")
+    assert res.returncode == 0, res.stderr
+    assert "sampler RandomSampler" in res.stdout + res.stderr
+    assert states(study(tmp_path, "random-digits-20k").trials) == [TrialState.COMPLETE] * 2
+
+
+def test_grid_preset_runs_six_jobs_with_hydras_basic_sweeper(tmp_path):
+    res = sweep(tmp_path, *FAST, "hparams_search=grid")
+    assert res.returncode == 0, res.stderr
+    [sweep_dir] = (tmp_path / "outputs" / "sweeps" / "grid-digits-20k").iterdir()
+    assert sorted(int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()) == list(range(6))
+    import csv
+
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert {(r["optimizer.lr"], r["optimizer.weight_decay"]) for r in rows} == {
+        (lr, wd) for lr in ("0.001", "0.0001", "1e-05") for wd in ("1e-05", "0.0001")
+    }
+    assert all(r["state"] == "COMPLETE" and float(r["val_acc"]) > 0 for r in rows)
+    assert "## Best trial" in res.stdout and (sweep_dir / "history.png").is_file()
+    assert studies(tmp_path) == {}  # the basic sweeper stores nothing in Optuna
+
+
+def test_wide_preset_runs(tmp_path):
+    res = sweep(tmp_path, *FAST, "hparams_search=wide", "hydra.sweeper.n_trials=2")
+    assert res.returncode == 0, res.stderr
+    assert len(study(tmp_path, "wide-digits-20k").trials) == 2
+
+
+def test_adhoc_command_line_sweep_is_a_grid_of_its_own(tmp_path):
+    res = sweep(tmp_path, *FAST, "optimizer.lr=1e-3,1e-2", "model.hidden_size=16,32")
+    assert res.returncode == 0, res.stderr
+    [(name, n)] = studies(tmp_path).items()
+    assert name.startswith("adhoc-digits-20k-") and n == 4
+    combos = {(t.params["optimizer.lr"], t.params["model.hidden_size"]) for t in study(tmp_path, name).trials}
+    assert combos == {(lr, h) for lr in (1e-3, 1e-2) for h in (16, 32)}
+
+
+def test_failed_and_diverged_trials_are_recorded_and_tolerated(tmp_path):
+    write_archive(tmp_path / "cifar-10-python.tar.gz")  # 100 training images: data_size.train=1000 must fail
+    env = {"MLP_SWEEP_DATA_DIR": str(tmp_path)}
+    common = ("data=cifar10", "data_size.val=10", "trainer.epochs=1", "hydra.sweeper.study_name=f")
+    res = sweep(tmp_path, *common, "data_size.train=1000,50", env=env)
+    assert res.returncode == 0, res.stderr
+    trials = {t.params["data_size.train"]: t for t in study(tmp_path, "f").trials}
+    assert trials[50].state == TrialState.COMPLETE
+    assert trials[1000].state == TrialState.FAIL
+    assert "exceeds the 100 training images" in trials[1000].user_attrs["fail_reason"]
+
+    res = sweep(tmp_path, *FAST, "optimizer=sgd", "optimizer.lr=1e-2,1e9", "hydra.sweeper.study_name=d")
+    assert res.returncode == 0, res.stderr
+    trials = {t.params["optimizer.lr"]: t for t in study(tmp_path, "d").trials}
+    assert trials[1e9].state == TrialState.FAIL and trials[1e9].user_attrs["fail_reason"] == "diverged"
+    assert trials[1e-2].state == TrialState.COMPLETE
+
+
+def test_too_many_failures_stop_the_sweep(tmp_path):
+    res = sweep(tmp_path, *FAST, "optimizer=sgd", "optimizer.lr=1e9,1e10", "hydra.sweeper.max_failure_rate=0")
+    assert res.returncode == 1
+    assert "more than max_failure_rate=0" in res.stdout + res.stderr
+    [(name, n)] = studies(tmp_path).items()
+    assert n == 1  # stopped after the first failure
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("model.activation=choice(relu,swish)",), "model.activation='swish' is not allowed"),
+        (("model.hiden=16,32",), "model.hiden: not a key of the config"),
+        (("optimizer.lr=interval(1e-3,1e-5)",), "optimizer.lr=interval(1e-3,1e-5): `low <= high` must hold"),
+        (("optimizer.lr=tag(log,interval(0,1e-3))",), "`low > 0` must hold for `log=True`"),
+        (("optimizer.lr=-1e-3,1e-3",), "optimizer.lr=-0.001 is not allowed: use a number > 0"),
+        (("augment=choice(none,foo)",), "augment='foo': not an option of group augment"),
+        (("hydra.sweeper.n_trials=0",), "hydra.sweeper.n_trials=0 is not allowed"),
+        (("hydra.sweeper.max_failure_rate=2",), "hydra.sweeper.max_failure_rate=2.0 is not allowed"),
+    ],
+)
+def test_bad_search_space_is_rejected_before_any_trial(tmp_path, args, message):
+    res = sweep(tmp_path, *FAST, *args)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert sum(studies(tmp_path).values()) == 0
+
+
+def test_a_conflicting_space_cannot_poison_a_study(tmp_path):
+    named = (*FAST, "hydra.sweeper.study_name=s")
+    assert sweep(tmp_path, *named, "model.activation=choice(relu,tanh)").returncode == 0
+    res = sweep(tmp_path, *named, "model.activation=choice(relu,gelu)")
+    assert res.returncode == 2 and "conflicts with choice('relu', 'tanh') stored in the study" in res.stderr
+    res = sweep(tmp_path, *named, "model.activation=interval(0,1)")
+    assert res.returncode == 2
+    assert studies(tmp_path) == {"s": 2}
+    res = sweep(tmp_path, *named, "model.activation=choice(relu,tanh)")  # the right command still works
+    assert res.returncode == 0 and "already has 2 of 2" in res.stdout + res.stderr
+
+
+def _start(tmp_path, *args):
+    """A sweep in the background; its output goes to a file (a full pipe would block it)."""
+    env = {**os.environ}
+    env.pop("HYDRA_FULL_ERROR", None)
+    out = open(tmp_path / f"worker-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115 - read after the process ends
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlp_sweep", "-m", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    proc.log = out
+    return proc
+
+
+def _finish(proc, timeout):
+    proc.wait(timeout=timeout)
+    proc.log.seek(0)
+    return proc.log.read()
+
+
+def _wait_running(tmp_path, name, number, timeout=120):
+    """Until trial `number` of the study is RUNNING and its job has started training."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            trials = study(tmp_path, name).trials
+        except (KeyError, Exception):
+            trials = []
+        if len(trials) > number and trials[number].state == TrialState.RUNNING:
+            log = tmp_path / "outputs" / "sweeps" / name / str(number) / "__main__.log"
+            if log.is_file() and "epoch" in log.read_text():
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"trial {number} of {name} never ran")
+
+
+LONG = ("data=digits", "trainer.patience=0", "trainer.epochs=5000", "hydra.sweeper.study_name=long")
+
+
+def test_ctrl_c_fails_in_flight_trial_exits_130_and_resumes(tmp_path):
+    proc = _start(tmp_path, *LONG, "hydra.sweeper.n_trials=1")
+    _wait_running(tmp_path, "long", 0)
+    proc.send_signal(signal.SIGINT)
+    out = _finish(proc, 60)
+    assert proc.returncode == 130, out
+    [t0, queued] = study(tmp_path, "long").trials
+    assert t0.state == TrialState.FAIL and t0.user_attrs["fail_reason"] == "interrupted"
+    assert queued.state == TrialState.WAITING and queued.user_attrs["retry_of"] == 0
+    res = sweep(tmp_path, *LONG[:-2], "trainer.epochs=2", "hydra.sweeper.study_name=long", "hydra.sweeper.n_trials=1")
+    assert res.returncode == 0, res.stderr
+    [t0, t1] = study(tmp_path, "long").trials
+    assert t1.state == TrialState.COMPLETE and t1.params == t0.params
+
+
+def test_killed_sweep_leaves_a_stale_trial_that_is_failed_and_rerun(tmp_path):
+    beat = ("hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
+    short = ("data=digits", "trainer.epochs=2", "hydra.sweeper.study_name=long", *beat)
+    assert sweep(tmp_path, *short, "hydra.sweeper.n_trials=1").returncode == 0
+    before = study(tmp_path, "long").trials[0]
+    proc = _start(tmp_path, *LONG, *beat, "hydra.sweeper.n_trials=2")
+    _wait_running(tmp_path, "long", 1)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert study(tmp_path, "long").trials[1].state == TrialState.RUNNING  # what SIGKILL leaves behind
+    res = sweep(tmp_path, *short, "hydra.sweeper.n_trials=2")
+    assert res.returncode == 0, res.stderr
+    t0, t1, t2 = study(tmp_path, "long").trials
+    assert (t0.state, t0.value, t0.params, t0.datetime_complete) == (
+        before.state,
+        before.value,
+        before.params,
+        before.datetime_complete,
+    )
+    assert t1.state == TrialState.FAIL and t1.user_attrs["fail_reason"] == "stale"
+    assert t2.state == TrialState.COMPLETE and t2.params == t1.params and t2.user_attrs["retry_of"] == 1
+
+
+def test_a_live_worker_on_the_same_study_is_left_alone(tmp_path):
+    beat = ("hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
+    slow = ("data=digits", "trainer.patience=0", "trainer.epochs=500", "hydra.sweeper.study_name=shared", *beat)
+    first = _start(tmp_path, *slow, "hydra.sweeper.n_trials=2")
+    _wait_running(tmp_path, "shared", 0)
+    res = sweep(
+        tmp_path,
+        "data=digits",
+        "trainer.epochs=2",
+        "hydra.sweeper.study_name=shared",
+        *beat,
+        "hydra.sweeper.n_trials=2",
+    )
+    out = _finish(first, 300)
+    assert res.returncode == 0 and first.returncode == 0, (res.stderr, out)
+    trials = study(tmp_path, "shared").trials
+    assert states(trials) == [TrialState.COMPLETE] * 2  # nobody failed the other worker's trial
+    assert trials[0].user_attrs["worker"] != trials[1].user_attrs["worker"]
