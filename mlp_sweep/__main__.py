@@ -60,7 +60,8 @@ def train_one(cfg: DictConfig) -> float:
         f"{sum(p.numel() for p in model.parameters()):,}",
     )
     metrics = fit(model, splits, instantiate(cfg.optimizer), cfg.trainer, cfg.augment)
-    write_outputs(out, metrics, model if cfg.save_model else None)
+    title = " ".join(hydra_cfg.overrides.task) or "defaults"
+    write_outputs(out, metrics, model if cfg.save_model else None, title)
     log.info("%s", table(metrics))
     log.info("outputs in %s", out)
     return float(getattr(metrics, cfg.optimized_metric))
@@ -76,9 +77,9 @@ def parallel_jobs(hydra_cfg: DictConfig) -> int:
     return max(1, min(workers, int(hydra_cfg.sweeper.get("n_jobs", workers))))
 
 
-def write_outputs(out: Path, metrics: Metrics, model: torch.nn.Module | None) -> None:
+def write_outputs(out: Path, metrics: Metrics, model: torch.nn.Module | None, title: str) -> None:
     (out / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2) + "\n")
-    curves(metrics.history, out / "curves.png", title=str(out.name), best_epoch=metrics.best_epoch)
+    curves(metrics.history, out / "curves.png", title=title, best_epoch=metrics.best_epoch)
     if model is not None:
         torch.save(model.state_dict(), out / "model.pt")
 

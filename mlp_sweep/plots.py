@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,6 @@ def curves(history: Sequence[dict], path: Path, title: str = "", best_epoch: int
         ax.legend()
     ax_acc.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     if title:
-        fig.suptitle(title)
+        fig.suptitle(textwrap.shorten(title, 160), fontsize="medium")
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -4,6 +4,7 @@ stale-trial recovery, and a search space checked before the first trial is asked
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -48,6 +49,7 @@ class StudySweeper(OptunaSweeperImpl):
         sampler: Any,
         heartbeat_interval: int = 10,
         grace_period: int | None = None,
+        enqueue_trials: Any = (),
         **stock: Any,
     ) -> None:
         self.sampler_cfg = sampler
@@ -56,6 +58,7 @@ class StudySweeper(OptunaSweeperImpl):
         super().__init__(sampler=_instantiate_sampler(sampler), **stock)
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
+        self.enqueue_trials = [dict(p) for p in enqueue_trials or ()]
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     # -- the sweep -------------------------------------------------------------------------
@@ -65,21 +68,25 @@ class StudySweeper(OptunaSweeperImpl):
             self._check_settings()
             space, fixed, fixed_overrides, adhoc, typed_fixed = self._space(arguments)
             self._check_values(space, typed_fixed)
+            if adhoc:
+                self.enqueue_trials = []  # they name the preset's space, which an ad-hoc sweep replaces
+            check_enqueued(self.enqueue_trials, space)
             name = self._study_name(adhoc, space)
             storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period)
             existing = check_against_stored(storage, name, space)
         except UserError as err:
             fail(str(err))
         sampler, n_trials = self._sampler(existing), self.n_trials
-        if isinstance(sampler, optuna.samplers.GridSampler) or adhoc and all(map(_discrete, space.values())):
+        if adhoc and all(map(_discrete, space.values())):  # a full grid, as Hydra's multirun
             grid = {k: self._to_grid_sampler_choices(d) for k, d in space.items()}
             sampler = optuna.samplers.GridSampler(grid, seed=self.sampler_cfg.get("seed"))
-            n_trials = math.prod(len(v) for v in grid.values())  # the whole grid, as Hydra's multirun
-            if any(o.startswith("hydra.sweeper.n_trials=") for o in self.config.hydra.overrides.hydra):
-                n_trials = min(n_trials, self.n_trials)
-        elif callable(sampler) and not isinstance(sampler, optuna.samplers.BaseSampler):  # stock grid partial
+            if not any(o.startswith("hydra.sweeper.n_trials=") for o in self.config.hydra.overrides.hydra):
+                n_trials = math.prod(len(v) for v in grid.values())
+        elif isinstance(sampler, functools.partial):  # the stock grid sampler config: the grid is the space
             grid = {k: self._to_grid_sampler_choices(d) for k, d in space.items()}
-            sampler, n_trials = sampler(grid), min(n_trials, math.prod(len(v) for v in grid.values()))
+            sampler = sampler(grid)
+        if isinstance(sampler, optuna.samplers.GridSampler):
+            n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))
 
         sweep_dir = self._sweep_dir(name)
         study = optuna.create_study(
@@ -97,6 +104,8 @@ class StudySweeper(OptunaSweeperImpl):
             type(sampler).__name__,
         )
         log.info("trial directories under %s", sweep_dir)
+        for params in self.enqueue_trials:  # once per study: a trial with these params is not queued again
+            study.enqueue_trial(params, skip_if_exists=True)
         heartbeat = Heartbeat(storage, self.heartbeat_interval)
         try:
             self._run(study, space, fixed, fixed_overrides, n_trials, sweep_dir, heartbeat)
@@ -385,6 +394,25 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, 
 
 def _instantiate_sampler(cfg: Any) -> Any:
     return instantiate(cfg, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
+
+
+def check_enqueued(trials: list[dict[str, Any]], space: dict[str, BaseDistribution]) -> None:
+    """Each queued parameter set names keys of the space, with values inside their distributions."""
+    found = []
+    for i, params in enumerate(trials):
+        for key, value in params.items():
+            dist = space.get(key)
+            if dist is None:
+                found.append(f"hydra.sweeper.enqueue_trials[{i}].{key}: not a parameter of the search space")
+                continue
+            try:
+                inside = dist._contains(dist.to_internal_repr(value))
+            except (ValueError, TypeError):
+                inside = False
+            if not inside:
+                found.append(f"hydra.sweeper.enqueue_trials[{i}].{key}={value!r} is outside {_show(dist)}")
+    if found:
+        raise UserError("invalid queued trials, nothing was run:\n  " + "\n  ".join(found))
 
 
 def counts_toward_target(trial: FrozenTrial) -> bool:

@@ -86,6 +86,16 @@ def test_summary_files_agree_with_the_storage(tmp_path):
         assert (sweep_dir / plot).stat().st_size > 5000
 
 
+def test_journal_file_storage(tmp_path):
+    args = (*FAST, "hydra.sweeper.n_trials=2", "hydra.sweeper.storage=journal:outputs/journal.log")
+    assert sweep(tmp_path, *args).returncode == 0
+    res = sweep(tmp_path, *args)
+    assert res.returncode == 0 and "already has 2 of 2 trials" in res.stdout + res.stderr
+    backend = optuna.storages.journal.JournalFileBackend(str(tmp_path / "outputs" / "journal.log"))
+    s = optuna.load_study(study_name="tpe-digits-20k", storage=optuna.storages.JournalStorage(backend))
+    assert states(s.trials) == [TrialState.COMPLETE] * 2
+
+
 def test_report_command_rebuilds_the_summary_from_the_storage(tmp_path):
     assert sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2").returncode == 0
     out = tmp_path / "report"
@@ -142,7 +152,11 @@ def test_grid_preset_runs_six_jobs_with_hydras_basic_sweeper(tmp_path):
 def test_wide_preset_runs(tmp_path):
     res = sweep(tmp_path, *FAST, "hparams_search=wide", "hydra.sweeper.n_trials=2")
     assert res.returncode == 0, res.stderr
-    assert len(study(tmp_path, "wide-digits-20k").trials) == 2
+    first, second = study(tmp_path, "wide-digits-20k").trials
+    recipe = {"model.norm": "layer", "optimizer": "adamw", "model.hidden_size": 1024, "optimizer.lr": 1e-3}
+    assert recipe.items() <= first.params.items()  # the best_mlp recipe is queued first
+    assert sweep(tmp_path, *FAST, "hparams_search=wide", "hydra.sweeper.n_trials=3").returncode == 0
+    assert [t.params == first.params for t in study(tmp_path, "wide-digits-20k").trials] == [True, False, False]
 
 
 def test_adhoc_command_line_sweep_is_a_grid_of_its_own(tmp_path):
@@ -244,7 +258,7 @@ def _wait_running(tmp_path, name, number, timeout=120):
         except (KeyError, Exception):
             trials = []
         if len(trials) > number and trials[number].state == TrialState.RUNNING:
-            log = tmp_path / "outputs" / "sweeps" / name / str(number) / "__main__.log"
+            log = tmp_path / "outputs" / "sweeps" / name / str(number) / "mlp_sweep.log"
             if log.is_file() and "epoch" in log.read_text():
                 return
         time.sleep(0.2)
@@ -307,6 +321,7 @@ def test_a_live_worker_on_the_same_study_is_left_alone(tmp_path):
     )
     out = _finish(first, 300)
     assert res.returncode == 0 and first.returncode == 0, (res.stderr, out)
+    assert "waiting for 1 trial(s) running in another process: 0" in res.stdout + res.stderr
     trials = study(tmp_path, "shared").trials
     assert states(trials) == [TrialState.COMPLETE] * 2  # nobody failed the other worker's trial
     assert trials[0].user_attrs["worker"] != trials[1].user_attrs["worker"]

@@ -6,7 +6,7 @@ implementation (mlp_sweep.sweeper) load only when a sweep starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -23,6 +23,8 @@ class MlpSweepSweeperConf(OptunaSweeperConf):
     max_failure_rate: float = 0.5  # share of this run's finished trials allowed to fail
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (RDB storages)
     grace_period: int | None = None  # seconds without a heartbeat before a trial is stale; None = 2 intervals
+    # parameter sets to try first (each once per study), e.g. a known good recipe: [{optimizer.lr: 1e-3, ...}]
+    enqueue_trials: list[dict[str, Any]] = field(default_factory=list)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="mlp_sweep", node=MlpSweepSweeperConf, provider="mlp_sweep")

@@ -1,0 +1,57 @@
+"""Pure parts of the sweeper: queued trials, the target count, stored-space conflicts."""
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from mlp_sweep.errors import UserError
+from mlp_sweep.sweeper import check_against_stored, check_enqueued, counts_toward_target
+
+SPACE = {
+    "optimizer.lr": FloatDistribution(1e-5, 1e-3, log=True),
+    "model.hidden_size": IntDistribution(150, 400),
+    "model.activation": CategoricalDistribution(["relu", "leaky_relu"]),
+}
+
+
+def test_queued_trials_must_fit_the_space():
+    check_enqueued([{"optimizer.lr": 1e-4, "model.activation": "relu"}], SPACE)
+    with pytest.raises(UserError) as err:
+        check_enqueued([{"optimizer.lr": 1e-1, "model.hiden": 3, "model.activation": "gelu"}], SPACE)
+    message = str(err.value)
+    assert "enqueue_trials[0].optimizer.lr=0.1 is outside float interval [1e-05, 0.001] log" in message
+    assert "enqueue_trials[0].model.hiden: not a parameter of the search space" in message
+    assert "model.activation='gelu' is outside choice('relu', 'leaky_relu')" in message
+
+
+@pytest.mark.parametrize(
+    "state, reason, counted",
+    [
+        (TrialState.COMPLETE, None, True),
+        (TrialState.FAIL, "diverged", True),
+        (TrialState.FAIL, "interrupted", False),
+        (TrialState.FAIL, "stale", False),
+    ],
+)
+def test_interrupted_and_stale_trials_do_not_count_toward_the_target(state, reason, counted):
+    attrs = {"fail_reason": reason} if reason else {}
+    trial = create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None, user_attrs=attrs)
+    assert counts_toward_target(trial) is counted
+
+
+def test_stored_space_conflicts_are_found_before_any_trial():
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.add_trial(
+        create_trial(
+            params={"model.activation": "relu"},
+            value=0.5,
+            distributions={"model.activation": SPACE["model.activation"]},
+        )
+    )
+    assert check_against_stored(storage, "s", SPACE) == 1
+    assert check_against_stored(storage, "other", SPACE) == 0
+    changed = {**SPACE, "model.activation": CategoricalDistribution(["relu", "gelu"])}
+    with pytest.raises(UserError, match="conflicts with choice"):
+        check_against_stored(storage, "s", changed)
