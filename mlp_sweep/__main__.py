@@ -73,7 +73,7 @@ def parallel_jobs(hydra_cfg: DictConfig) -> int:
     if hydra_cfg.mode != RunMode.MULTIRUN or "n_jobs" not in hydra_cfg.launcher:
         return 1
     workers = int(hydra_cfg.launcher.n_jobs)
-    workers = os.cpu_count() or 1 if workers < 0 else workers
+    workers = (os.cpu_count() or 1) if workers < 0 else workers
     return max(1, min(workers, int(hydra_cfg.sweeper.get("n_jobs", workers))))
 
 
