@@ -243,6 +243,11 @@ def _start(tmp_path, *args):
     return proc
 
 
+def _default_sigint():
+    """A terminal delivers Ctrl-C even when the test runner itself ignores SIGINT (a background job)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _finish(proc, timeout):
     proc.wait(timeout=timeout)
     proc.log.seek(0)
