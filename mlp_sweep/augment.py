@@ -34,13 +34,13 @@ class Batcher:
         self.mean, self.std, self.max_value = mean, std, max_value
         self.flip, self.pad, self.rotation = flip, crop_padding, rotation
         self.brightness, self.saturation = brightness, saturation if x.shape[1] == 3 else 0.0
-        self.source = F.pad(x, (crop_padding,) * 4) if crop_padding > 0 else x
-        self.windows = self.source.unfold(2, x.shape[2], 1).unfold(3, x.shape[3], 1) if crop_padding else None
+        self.x = x
+        self.windows = crop_windows(x, crop_padding) if crop_padding > 0 else None
 
     def __call__(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """x: standardized NCHW images at idx, transformed with draws from g."""
         if self.windows is None:
-            x = self.source[idx]
+            x = self.x[idx]
         else:
             dy, dx = torch.randint(0, 2 * self.pad + 1, (2, len(idx)), device=idx.device, generator=g)
             x = self.windows[idx, :, dy, dx]
@@ -67,8 +67,12 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
     dy, dx = torch.randint(0, 2 * pad + 1, (2, n), device=x.device, generator=g)
-    windows = F.pad(x, (pad,) * 4).unfold(2, x.shape[2], 1).unfold(3, x.shape[3], 1)  # (N, C, 2p+1, 2p+1, H, W)
-    return windows[torch.arange(n, device=x.device), :, dy, dx]
+    return crop_windows(x, pad)[torch.arange(n, device=x.device), :, dy, dx]
+
+
+def crop_windows(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """View (N, C, 2p+1, 2p+1, H, W) of every crop of x zero-padded by pad (0 = the channel mean)."""
+    return F.pad(x, (pad,) * 4).unfold(2, x.shape[2], 1).unfold(3, x.shape[3], 1)
 
 
 def colour_jitter(
