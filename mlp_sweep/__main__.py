@@ -6,30 +6,27 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from . import data
-from .callbacks import fail
-from .checks import check
-from .errors import UserError
-from .model import build
-from .plots import curves
-from .train import Metrics, fit, pick_device, set_threads
+from .checks import check, directions, metric_list
+from .errors import UserError, fail
+from .job import current_trial
 
 log = logging.getLogger("mlp_sweep")
 _PACKAGE = Path(__file__).resolve().parent
 TRUSTED = ("mlp_sweep.*", "torch.optim.*")  # what config `_target_`s may instantiate
 CONF = str(_PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent / "conf")
+# the presets' `hydra.sweeper.direction: ${mlp_sweep_directions:${optimized_metric}}`
+OmegaConf.register_resolver("mlp_sweep_directions", directions, replace=True)
 
 
 @hydra.main(config_path=CONF, config_name="config", execution_whitelist=TRUSTED)
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | tuple[float, ...]:
     try:
         return train_one(cfg)
     except UserError as err:
@@ -38,17 +35,24 @@ def main(cfg: DictConfig) -> float:
         fail(str(err))
 
 
-def train_one(cfg: DictConfig) -> float:
-    check(cfg)
+def train_one(cfg: DictConfig) -> float | tuple[float, ...]:
+    check(cfg)  # before torch is imported: a config error answers at once
+    from hydra.utils import instantiate
+
+    from . import data
+    from .model import build
+    from .train import fit, pick_device, set_threads
+
     hydra_cfg = HydraConfig.get()
     out = Path(hydra_cfg.runtime.output_dir)
     device = pick_device(cfg.trainer.device)
     threads = set_threads(cfg.trainer.threads, parallel_jobs(hydra_cfg))
     splits = data.load(cfg.data, cfg.data_size, cfg.trainer.seed, device)
-    torch.manual_seed(cfg.trainer.seed)
+    _seed(cfg.trainer.seed)
     model = build(splits.in_features, splits.n_classes, **cfg.model)
-    if cfg.trial is not None:
-        log.info("trial %s: %s", cfg.trial, " ".join(hydra_cfg.overrides.task))
+    trial = current_trial()
+    if trial is not None:
+        log.info("trial %d of study %s: %s", trial.number, trial.study, " ".join(hydra_cfg.overrides.task))
     log.info(
         "%s: %d train / %d val / %d test images, %s, %d threads, %s parameters",
         cfg.data.name,
@@ -64,7 +68,14 @@ def train_one(cfg: DictConfig) -> float:
     write_outputs(out, metrics, model if cfg.save_model else None, title)
     log.info("%s", table(metrics))
     log.info("outputs in %s", out)
-    return float(getattr(metrics, cfg.optimized_metric))
+    values = tuple(float(getattr(metrics, name)) for name in metric_list(cfg.optimized_metric))
+    return values[0] if isinstance(cfg.optimized_metric, str) else values
+
+
+def _seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
 
 
 def parallel_jobs(hydra_cfg: DictConfig) -> int:
@@ -77,19 +88,23 @@ def parallel_jobs(hydra_cfg: DictConfig) -> int:
     return max(1, min(workers, int(hydra_cfg.sweeper.get("n_jobs", workers))))
 
 
-def write_outputs(out: Path, metrics: Metrics, model: torch.nn.Module | None, title: str) -> None:
+def write_outputs(out: Path, metrics: Any, model: Any, title: str) -> None:
+    from .plots import curves
+
     (out / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2) + "\n")
     curves(metrics.history, out / "curves.png", title=title, best_epoch=metrics.best_epoch)
     if model is not None:
+        import torch
+
         torch.save(model.state_dict(), out / "model.pt")
 
 
-def table(m: Metrics) -> str:
+def table(m: Any) -> str:
     """The course report's table: accuracy of the best epoch on each split."""
     note = "" if m.status == "ok" else f"  [status: {m.status}]"
     return (
         f"best epoch {m.best_epoch} of {m.epochs_run}, {m.seconds:.1f} s, "
-        f"{m.images_per_second:,.0f} train img/s{note}\n"
+        f"{m.images_per_second:,.0f} train img/s, {m.params:,} parameters{note}\n"
         f"  split        accuracy\n"
         f"  train        {m.train_acc:8.2%}\n"
         f"  validation   {m.val_acc:8.2%}\n"

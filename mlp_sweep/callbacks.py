@@ -1,17 +1,17 @@
-"""Hydra callback: refuse a bad config or an unwritable output directory before any job starts."""
+"""Hydra callbacks: refuse a bad config or an unwritable output directory before any job starts;
+summarize a grid run by Hydra's basic sweeper."""
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from .checks import check
-from .errors import UserError
+from .checks import check, directions, metric_list
+from .errors import UserError, fail
 
 
 def writable_dir_problem(key: str, path: str) -> str | None:
@@ -30,10 +30,19 @@ def writable_dir_problem(key: str, path: str) -> str | None:
     return None
 
 
-def fail(message: str) -> None:
-    """Print a user error without a traceback and exit 2 (as argparse does)."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+def direction_problem(config: DictConfig) -> str | None:
+    """A sweep direction that contradicts optimized_metric (maximizing a loss) is refused."""
+    wanted = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+    if wanted is None or OmegaConf.select(config, "optimized_metric", default=None) is None:
+        return None
+    given = [str(getattr(d, "name", d)).lower() for d in ([wanted] if isinstance(wanted, str) else wanted)]
+    metrics = metric_list(config.optimized_metric)
+    if given != directions(metrics):
+        return (
+            f"hydra.sweeper.direction={given} contradicts optimized_metric={metrics}, which is optimized as "
+            f"{directions(metrics)}: leave hydra.sweeper.direction out, it follows optimized_metric"
+        )
+    return None
 
 
 class CheckBeforeRun(Callback):
@@ -51,6 +60,9 @@ class CheckBeforeRun(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")
+        problem = direction_problem(config)
+        if problem:
+            fail(problem)
 
 
 class SummarizeGrid(Callback):
@@ -63,5 +75,6 @@ class SummarizeGrid(Callback):
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if sweep_dir.is_dir():
-            metric = config.optimized_metric
-            print(write_report(rows_from_dirs(sweep_dir, metric), sweep_dir, metric=metric))
+            metrics = [str(m) for m in metric_list(config.optimized_metric)]
+            rows = rows_from_dirs(sweep_dir, metrics)
+            print(write_report(rows, sweep_dir, metrics=metrics, directions=directions(metrics)))

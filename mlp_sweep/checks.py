@@ -10,9 +10,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
-from .model import ACTIVATIONS, NORMS
 
-OBJECTIVES = ("val_acc", "val_loss")  # never test_*: the test set is only reported
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu")  # model.py maps each to its module
+NORMS = ("none", "batch", "layer")
+# what the task may return, and the direction a sweep optimizes it in; never test_*: the test set
+# is only reported
+OBJECTIVES = {"val_acc": "maximize", "val_loss": "minimize", "seconds": "minimize", "params": "minimize"}
 
 
 def _number(v: Any) -> bool:
@@ -64,7 +67,6 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.threads": (_int_at_least(0), "an integer >= 0 (0 = automatic)"),
     "trainer.precision": (_one_of("fp32", "bf16"), "fp32 or bf16"),
     "trainer.seed": (_int_at_least(0), "an integer >= 0"),
-    "optimized_metric": (_one_of(*OBJECTIVES), "one of " + ", ".join(OBJECTIVES) + " (never a test metric)"),
 }
 
 
@@ -80,6 +82,7 @@ def problems(cfg: DictConfig) -> list[str]:
     nesterov, momentum = OmegaConf.select(cfg, "optimizer.nesterov"), OmegaConf.select(cfg, "optimizer.momentum")
     if nesterov is True and _number(momentum) and momentum <= 0:
         found.append(f"optimizer.nesterov=True needs optimizer.momentum > 0, got {momentum!r}")
+    found += _objective_problems(OmegaConf.select(cfg, "optimized_metric", default=_ABSENT))
     device = OmegaConf.select(cfg, "trainer.device")
     if _device(device) and device.startswith("cuda"):
         import torch
@@ -87,6 +90,29 @@ def problems(cfg: DictConfig) -> list[str]:
         if not torch.cuda.is_available():
             found.append(f"trainer.device={device!r} is not available on this machine: use auto or cpu")
     return found
+
+
+def metric_list(value: Any) -> list[Any]:
+    """optimized_metric as a list: one name, or several for a multi-objective sweep."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _objective_problems(value: Any) -> list[str]:
+    if value is _ABSENT:
+        return []
+    allowed = "one of " + ", ".join(OBJECTIVES) + ", or a list of them (never a test metric)"
+    names = metric_list(value) if isinstance(value, str) or OmegaConf.is_list(value) else [value]
+    if not names or any(n not in OBJECTIVES for n in names) or len(set(names)) != len(names):
+        shown = (
+            value if isinstance(value, str) else OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+        )
+        return [f"optimized_metric={shown!r} is not allowed: use {allowed}"]
+    return []
+
+
+def directions(metrics: Any) -> list[str]:
+    """The sweep directions that follow optimized_metric (the `mlp_sweep_directions` resolver)."""
+    return [OBJECTIVES.get(str(m), "maximize") for m in metric_list(metrics)]
 
 
 def check(cfg: DictConfig) -> None:

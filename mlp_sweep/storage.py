@@ -1,11 +1,30 @@
-"""Open an Optuna storage from the one string users give in hydra.sweeper.storage."""
+"""Open an Optuna storage from the one string users give in hydra.sweeper.storage.
+
+    sqlite:///outputs/optuna.db          one machine (checked with PRAGMA quick_check first)
+    postgresql://user@host/db            many machines (psycopg); mysql://user@host/db (PyMySQL)
+    redis://host:6379/0                  Optuna's journal on Redis
+    journal:outputs/optuna.log           Optuna's journal in a file (a torn last record is repaired)
+
+A password in the URL never reaches a log line, an error or a file the project writes: `masked()`
+replaces it. Better still, leave it out of the URL: libpq reads PGPASSWORD and ~/.pgpass, PyMySQL an
+option file (`mysql://user@host/db?read_default_file=~/.my.cnf`), and Hydra can take the whole URL
+from the environment (`hydra.sweeper.storage='${oc.env:MLP_SWEEP_STORAGE}'`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
+import re
+import shutil
+import sqlite3
+import time
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 import sqlalchemy
@@ -17,36 +36,205 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*heartbeat_interval.*", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
+CONNECT_TIMEOUT = 10  # seconds to reach a database server before giving up
+STATEMENT_TIMEOUT = 60  # seconds one database round trip may take
+URL_HINT = "use sqlite:///PATH, postgresql://USER@HOST/DB, mysql://USER@HOST/DB, redis://HOST:PORT/DB or journal:PATH"
+DRIVERS = {  # URL scheme -> (SQLAlchemy driver to use when none is named, the package that provides it)
+    "postgresql": ("psycopg", "psycopg (pip install 'mlp-sweep[postgres]')"),
+    "mysql": ("pymysql", "PyMySQL (pip install 'mlp-sweep[mysql]')"),
+    "mariadb": ("pymysql", "PyMySQL (pip install 'mlp-sweep[mysql]')"),
+}
+
+
+def masked(url: Any) -> str:
+    """The URL as it may be shown: any password replaced by ***."""
+    if url is None:
+        return "memory"
+    text = str(url)
+    parts = urlsplit(text)
+    if parts.password is None:
+        return text
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def scrub(message: str, url: Any) -> str:
+    """An error text with the URL's password (if any) replaced by ***."""
+    password = urlsplit(str(url)).password if url else None
+    return message.replace(password, "***") if password else message
+
 
 def open_storage(url: Any, heartbeat_interval: int, grace_period: int | None) -> Any:
-    """An Optuna storage from a URL, or `journal:PATH` for a journal file; None = in memory."""
+    """An Optuna storage from a URL; None = in memory."""
     if url is None:
         log.warning("hydra.sweeper.storage is null: the study lives in memory and cannot be resumed")
         return None
     url = str(url)
+    if url.startswith("journal:"):
+        return _journal_file(Path(url.removeprefix("journal:")))
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return _redis(url)
     try:
-        if url.startswith("journal:"):
-            path = Path(url.removeprefix("journal:"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            log.warning("journal storage: trials of a killed sweep cannot be detected as stale")
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        engine_kwargs = None
-        sqlite = url.startswith("sqlite:///")
-        if sqlite:
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for a lock rather than fail
-        storage = optuna.storages.RDBStorage(
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserError(f"hydra.sweeper.storage={masked(url)!r} is not a storage URL: {URL_HINT}") from None
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite(url, parsed, heartbeat_interval, grace_period)
+    return _server(parsed, heartbeat_interval, grace_period)
+
+
+def _sqlite(url: str, parsed: Any, heartbeat_interval: int, grace_period: int | None) -> Any:
+    path = Path(parsed.database).absolute() if parsed.database and parsed.database != ":memory:" else None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_sqlite_file(path)
+    # Workers that start together on a new file race to create Optuna's tables (a UNIQUE constraint
+    # on alembic_version fails in the loser): create them one process at a time.
+    with _file_lock(path.with_name(path.name + ".create-lock") if path else None):
+        storage = _rdb(
+            url,
+            {"connect_args": {"timeout": STATEMENT_TIMEOUT}},  # wait for a writer's lock rather than fail
+            heartbeat_interval,
+            grace_period,
+        )
+    sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
+    storage.engine.dispose()  # connections opened before the listener reconnect with it
+    return storage
+
+
+def _server(parsed: Any, heartbeat_interval: int, grace_period: int | None) -> Any:
+    backend = parsed.get_backend_name()
+    if backend in DRIVERS and "+" not in parsed.drivername:
+        parsed = parsed.set(drivername=f"{backend}+{DRIVERS[backend][0]}")
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT, "options": f"-c statement_timeout={STATEMENT_TIMEOUT}s"}
+    elif backend in ("mysql", "mariadb"):
+        connect_args = {
+            "connect_timeout": CONNECT_TIMEOUT,
+            "read_timeout": STATEMENT_TIMEOUT,
+            "write_timeout": STATEMENT_TIMEOUT,
+        }
+    kwargs = {"connect_args": connect_args, "pool_pre_ping": True}
+    text = parsed.render_as_string(hide_password=False)
+    for attempt in range(5):  # workers creating the tables of a new database at once: the losers retry
+        try:
+            return _rdb(text, kwargs, heartbeat_interval, grace_period)
+        except sqlalchemy.exc.IntegrityError:
+            time.sleep(0.2 * (attempt + 1))
+    return _rdb(text, kwargs, heartbeat_interval, grace_period)
+
+
+def _rdb(url: str, engine_kwargs: dict, heartbeat_interval: int, grace_period: int | None) -> Any:
+    try:
+        return optuna.storages.RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
         )
-        if sqlite:
-            sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
-            storage.engine.dispose()  # connections opened before the listener reconnect with it
-        return storage
-    except Exception as err:  # SQLAlchemy and Optuna raise many kinds for a bad URL
+    except ImportError as err:
+        backend = sqlalchemy.engine.make_url(url).get_backend_name()
+        package = DRIVERS.get(backend, (None, "the database driver SQLAlchemy names"))[1]
+        raise UserError(f"hydra.sweeper.storage={masked(url)!r} needs {package}: {err.__cause__ or err}") from None
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise UserError(f"hydra.sweeper.storage={masked(url)!r}: unknown database kind; {URL_HINT}") from None
+    except sqlalchemy.exc.OperationalError as err:
+        reason = scrub(str(err.orig or err).strip().splitlines()[0], url)
+        raise UserError(f"cannot use the storage {masked(url)}: {reason}") from None
+
+
+def _redis(url: str) -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise UserError(f"hydra.sweeper.storage={masked(url)!r} needs redis (pip install 'mlp-sweep[redis]')") from None
+    from optuna.storages.journal import JournalRedisBackend
+
+    if "socket_timeout=" not in url:  # a server that accepts and never answers must not hang the sweep
+        sep = "&" if "?" in url else "?"
+        url = f"{url}{sep}socket_connect_timeout={CONNECT_TIMEOUT}&socket_timeout={STATEMENT_TIMEOUT}"
+    try:
+        redis.Redis.from_url(url).ping()  # the backend connects lazily: a dead server should fail here
+    except (redis.RedisError, ValueError) as err:
+        raise UserError(f"cannot use the storage {masked(url)}: {scrub(str(err), url)}") from None
+    return optuna.storages.JournalStorage(JournalRedisBackend(url))
+
+
+def _journal_file(path: Path) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    lock = JournalFileOpenLock(str(path))
+    if path.exists():
+        lock.acquire()  # the writers' own lock: no record is half written while we look
+        try:
+            repair_journal(path)
+        finally:
+            lock.release()
+    log.warning("journal storage: trials of a killed sweep cannot be detected as stale")
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+
+
+def repair_journal(path: Path) -> None:
+    """A journal whose last record was torn by a killed writer: keep the intact records (after a
+    backup of the whole file); a bad record in the middle is refused."""
+    data = path.read_bytes()
+    offset, torn = 0, None
+    for line in data.splitlines(keepends=True):
+        try:
+            complete = line.endswith(b"\n")
+            json.loads(line)
+        except ValueError:
+            complete = False
+        if not complete:
+            torn = offset
+            break
+        offset += len(line)
+    if torn is None:
+        return
+    if torn + len(data[torn:].split(b"\n", 1)[0]) + 1 < len(data):
         raise UserError(
-            f"hydra.sweeper.storage={url!r} cannot be opened ({err}); use an SQLAlchemy URL such as "
-            "sqlite:///outputs/optuna.db or postgresql://user@host/db, or journal:PATH"
-        ) from None
+            f"the journal {path} has a damaged record at byte {torn} followed by more records; "
+            f"repair it by hand (one JSON object a line) or start a new journal"
+        )
+    backup = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.copyfile(path, backup)
+    with open(path, "r+b") as f:
+        f.truncate(torn)
+    log.warning(
+        "the journal %s ended in a torn record at byte %d (a writer was killed): removed it, "
+        "kept the %d bytes before it; the whole file was saved as %s",
+        path,
+        torn,
+        torn,
+        backup,
+    )
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a file that is not a sound SQLite database before Optuna writes into it."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    hint = f"move it aside, or recover its data with: sqlite3 {path} .recover | sqlite3 recovered.db"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=STATEMENT_TIMEOUT)) as db:
+            result = [row[0] for row in db.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as err:
+        raise UserError(f"the storage {path} is not a usable SQLite database ({err}); {hint}") from None
+    if result != ["ok"]:
+        found = "; ".join(result[:3])
+        raise UserError(f"the storage {path} is damaged (PRAGMA quick_check: {found}); {hint}")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path | None):
+    if path is None:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -55,3 +243,8 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def mask_overrides(overrides: list[str]) -> list[str]:
+    """Command-line overrides as they may be written to files: storage passwords masked."""
+    return [re.sub(r"^(\+*hydra\.sweeper\.storage=)(.*)$", lambda m: m[1] + masked(m[2]), o) for o in overrides]

@@ -1,46 +1,72 @@
-"""The project's Optuna sweeper: the stock plugin's search-space grammar and samplers, plus
-a study-wide trial target, trial-numbered job directories, failure reasons, Ctrl-C and
-stale-trial recovery, and a search space checked before the first trial is asked."""
+"""The project's Optuna sweeper, usable by any Hydra app whose task returns a number or a sequence
+of numbers: the stock plugin's keys, search-space grammar and samplers, plus a study-wide trial
+target, trial-numbered job folders, failure reasons, one study per experiment, Ctrl-C / SIGTERM and
+stale-trial recovery, and a search space checked before the first trial is asked.
+
+This module is the loop: ask, launch, tell, interrupt, finish. The search space lives in
+space.py, recovery (heartbeats, stale trials, retries) in recovery.py, storages in storage.py.
+"""
 
 from __future__ import annotations
 
-import functools
-import hashlib
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import socket
 import sys
-import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 from omegaconf import OmegaConf, open_dict, read_write
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-    check_distribution_compatibility,
-)
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from .callbacks import fail
-from .checks import problems
-from .errors import UserError
+from . import recovery, space
+from .errors import SweepExit, UserError
+from .job import job_overrides
+from .recovery import Heartbeat, counts_toward_target, fail_trial
 from .report import rows_from_study, write_report
-from .storage import open_storage
+from .storage import mask_overrides, masked, open_storage
 
 log = logging.getLogger(__name__)
 
-RERUN_REASONS = ("interrupted", "stale")  # failed trials that do not count toward the target
-METRIC_ATTRS = ("train_acc", "val_acc", "test_acc", "val_loss", "best_epoch", "epochs_run", "status", "seconds")
+METRIC_ATTRS = (  # what the project's task writes to metrics.json, kept with each trial
+    "train_acc",
+    "val_acc",
+    "test_acc",
+    "val_loss",
+    "best_epoch",
+    "epochs_run",
+    "status",
+    "seconds",
+    "params",
+)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, `timeout`, preemption), handled like Ctrl-C."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a sweep decided before its first trial."""
+
+    name: str
+    storage: Any
+    space: space.Space
+    identity: space.Identity
+    n_trials: int
+    sweep_dir: Path
+    make_sampler: Callable[[int], Any]  # seed offset -> sampler
+    queued: tuple[dict, ...]
 
 
 class StudySweeper(OptunaSweeperImpl):
@@ -50,299 +76,359 @@ class StudySweeper(OptunaSweeperImpl):
         heartbeat_interval: int = 10,
         grace_period: int | None = None,
         enqueue_trials: Any = (),
+        metric_names: Any = None,
+        config_check: str | None = None,
+        identity_ignore: Any = (),
         **stock: Any,
     ) -> None:
         self.sampler_cfg = sampler
         self.requested_failure_rate = stock["max_failure_rate"]  # checked in sweep(), with a clear message
         stock["max_failure_rate"] = min(1.0, max(0.0, float(stock["max_failure_rate"])))
-        super().__init__(sampler=_instantiate_sampler(sampler), **stock)
+        super().__init__(sampler=None, **stock)
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.enqueue_trials = [dict(p) for p in enqueue_trials or ()]
+        self.metric_names = space._as_list(metric_names) or None
+        self.config_check = config_check
+        self.identity_ignore = list(identity_ignore or ())
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.in_flight: dict[int, optuna.Trial] = {}
 
-    # -- the sweep -------------------------------------------------------------------------
+    # -- the sweep ---------------------------------------------------------------------------
 
     def sweep(self, arguments: list[str]) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep logs its own lines
+        plan = self._plan(arguments)
+        study = self._open(plan)
+        heartbeat = Heartbeat(plan.storage, self.heartbeat_interval)
         try:
-            self._check_settings()
-            space, fixed, fixed_overrides, adhoc, typed_fixed = self._space(arguments)
-            self._check_values(space, typed_fixed)
-            if adhoc:
-                self.enqueue_trials = []  # they name the preset's space, which an ad-hoc sweep replaces
-            check_enqueued(self.enqueue_trials, space)
-            name = self._study_name(adhoc, space)
-            storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period)
-            existing = check_against_stored(storage, name, space)
-        except UserError as err:
-            fail(str(err))
-        sampler, n_trials = self._sampler(existing), self.n_trials
-        if adhoc and all(map(_discrete, space.values())):  # a full grid, as Hydra's multirun
-            grid = {k: self._to_grid_sampler_choices(d) for k, d in space.items()}
-            sampler = optuna.samplers.GridSampler(grid, seed=self.sampler_cfg.get("seed"))
-            if not any(o.startswith("hydra.sweeper.n_trials=") for o in self.config.hydra.overrides.hydra):
-                n_trials = math.prod(len(v) for v in grid.values())
-        elif isinstance(sampler, functools.partial):  # the stock grid sampler config: the grid is the space
-            grid = {k: self._to_grid_sampler_choices(d) for k, d in space.items()}
-            sampler = sampler(grid)
-        if isinstance(sampler, optuna.samplers.GridSampler):
-            n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))
-
-        sweep_dir = self._sweep_dir(name)
-        study = optuna.create_study(
-            study_name=name,
-            storage=storage,
-            sampler=sampler,
-            directions=self._get_directions(),
-            load_if_exists=True,
-        )
-        log.info(
-            "study %s in %s: target %d trials, sampler %s",
-            name,
-            self.storage or "memory",
-            n_trials,
-            type(sampler).__name__,
-        )
-        log.info("trial directories under %s", sweep_dir)
-        for params in self.enqueue_trials:  # once per study: a trial with these params is not queued again
-            study.enqueue_trial(params, skip_if_exists=True)
-        heartbeat = Heartbeat(storage, self.heartbeat_interval)
-        try:
-            self._run(study, space, fixed, fixed_overrides, n_trials, sweep_dir, heartbeat)
+            with _sigterm_as_interrupt():
+                self._run(study, plan, heartbeat)
         finally:
             heartbeat.stop()
-        self._finish(study, sweep_dir)
+        self._finish(study, plan)
 
-    def _sampler(self, existing: int) -> Any:
-        """The configured sampler; a resumed study shifts its seed by the trials stored, so that a
-        rerun continues the search instead of replaying the first run's draws."""
-        seed = self.sampler_cfg.get("seed")
-        if not existing or seed is None:
-            return self.sampler
-        return _instantiate_sampler(OmegaConf.merge(self.sampler_cfg, {"seed": int(seed) + existing}))
-
-    def _run(
-        self,
-        study: optuna.Study,
-        space: dict[str, BaseDistribution],
-        fixed: dict[str, Any],
-        fixed_overrides: list[str],
-        n_trials: int,
-        sweep_dir: Path,
-        heartbeat: Heartbeat,
-    ) -> None:
-        ran, failed, announced = 0, [], False
-        allowed = math.floor(self.max_failure_rate * max(1, n_trials - sum(map(counts_toward_target, study.trials))))
-        while True:
-            fail_stale_trials(study)
-            trials = study.get_trials(deepcopy=False)
-            done = sum(counts_toward_target(t) for t in trials)
-            running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
-            todo = n_trials - done - len(running)
-            if todo <= 0:
-                if running and heartbeat.enabled:
-                    if not announced:
-                        log.info(
-                            "waiting for %d trial(s) running in another process: %s",
-                            len(running),
-                            ", ".join(str(t.number) for t in running),
-                        )
-                        announced = True
-                    time.sleep(min(self.heartbeat_interval, 5))
-                    continue
-                if ran == 0:
-                    log.info("study %s already has %d of %d trials: nothing to run", study.study_name, done, n_trials)
-                return
-            asked = [study.ask() for _ in range(min(todo, self.n_jobs))]
-            for trial in asked:
-                trial.set_user_attr("worker", self.worker)
-                heartbeat.add(trial._trial_id)
-            overrides = [
-                (*o, f"trial={t.number}", f"hydra.sweep.dir={sweep_dir}", f"hydra.sweep.subdir={t.number}")
-                for t, o in zip(asked, self._configure_trials(asked, space, fixed, fixed_overrides), strict=True)
-            ]
-            for trial in asked:
-                log.info("trial %d start: %s", trial.number, _params(trial.params))
-            start = time.perf_counter()
-            try:
-                returns = self.launcher.launch(overrides, initial_job_idx=asked[0].number)
-            except KeyboardInterrupt:
-                self._interrupted(study, asked, sweep_dir, heartbeat)
-            for trial, ret in zip(asked, returns, strict=True):
-                heartbeat.remove(trial._trial_id)
-                reason = self._tell(study, trial, ret, sweep_dir / str(trial.number), time.perf_counter() - start)
-                ran += 1
-                if reason:
-                    failed.append(reason)
-            self._progress(study, n_trials)
-            if len(failed) > allowed:
-                log.error(
-                    "%d of the %d trials run failed (last: %s): more than max_failure_rate=%s allows "
-                    "(%d of this run's trials)",
-                    len(failed),
-                    ran,
-                    failed[-1],
-                    self.max_failure_rate,
-                    allowed,
-                )
-                self._finish(study, sweep_dir)
-                sys.exit(1)
-
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any, job_dir: Path, seconds: float) -> str | None:
-        """Record one finished job; returns the failure reason, or None when it completed."""
-        metrics = read_metrics(job_dir)
-        record_metrics(trial, metrics, job_dir)
-        reason, value = None, None
-        try:
-            value = float(ret.return_value)
-        except Exception as err:  # the task's own exception, re-raised by JobReturn
-            reason = f"{type(err).__name__}: {err}"[:500]
-        else:
-            if metrics.get("status", "ok") != "ok":
-                reason = str(metrics["status"])
-            elif not math.isfinite(value):
-                reason = f"non-finite result {value}"
-        if reason:
-            trial.set_user_attr("fail_reason", reason)
-            _tell(study, trial, state=TrialState.FAIL)
-            log.warning("trial %d failed after %.1f s: %s", trial.number, seconds, reason)
-        else:
-            _tell(study, trial, value)
-            log.info(
-                "trial %d end: %s=%.4f in %.3g s (%s)",
-                trial.number,
-                self.config.optimized_metric,
-                value,
-                metrics.get("seconds", seconds),
-                _params(trial.params),
+    def _plan(self, arguments: list[str]) -> Plan:
+        space.check_settings(self.n_trials, self.n_jobs, self.requested_failure_rate, self.heartbeat_interval)
+        directions = self._get_directions()
+        if self.metric_names and len(self.metric_names) != len(directions):
+            raise UserError(
+                f"hydra.sweeper.metric_names={self.metric_names} names {len(self.metric_names)} values but "
+                f"hydra.sweeper.direction={directions} has {len(directions)}: give one direction per metric"
             )
-        return reason
+        self._process_searchspace_config()
+        sp = space.parse(self._parse_sweeper_params_config(), arguments)
+        check = instantiate({"_target_": self.config_check, "_partial_": True}) if self.config_check else None
+        loader = self.hydra_context.config_loader
+        space.check_values(sp, self.config, loader.get_group_options, check)
+        queued = [] if sp.adhoc else space.check_enqueued(self.enqueue_trials, sp)
+        identity = space.identity(self.config, sp, directions, self.metric_names, self.identity_ignore)
+        name = self._study_name(sp, identity)
+        storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period)
+        stored = _load(name, storage)
+        space.check_against_stored(stored, sp)
+        space.check_identity(stored, identity, masked(self.storage))
+        n_trials = self.n_trials
+        named = any(o.startswith("hydra.sweeper.n_trials=") for o in self.config.hydra.overrides.hydra)
+        grid = sp.grid
+        if grid is None and _is_grid_config(self.sampler_cfg):  # the stock grid sampler: the grid is the space
+            grid = {k: self._to_grid_sampler_choices(d) for k, d in sp.distributions.items()}
+        if grid is not None:
+            size = math.prod(len(v) for v in grid.values())
+            n_trials = min(n_trials, size) if (named or sp.grid is None) else size
+        return Plan(
+            name=name,
+            storage=storage,
+            space=sp,
+            identity=identity,
+            n_trials=n_trials,
+            sweep_dir=self._sweep_dir(name),
+            make_sampler=self._sampler_factory(grid),
+            queued=tuple(queued),
+        )
 
-    def _interrupted(self, study: optuna.Study, asked: list, sweep_dir: Path, heartbeat: Heartbeat) -> None:
-        """Ctrl-C: keep what finished, fail and requeue the rest, exit 130."""
-        for trial in asked:
-            heartbeat.remove(trial._trial_id)
-            job_dir = sweep_dir / str(trial.number)
+    def _open(self, plan: Plan) -> optuna.Study:
+        study = optuna.create_study(
+            study_name=plan.name,
+            storage=plan.storage,
+            sampler=plan.make_sampler(0),
+            directions=list(plan.identity.directions),
+            load_if_exists=True,
+        )
+        if not any(k.startswith(space.FIXED_PREFIX) for k in study.user_attrs):
+            for key, value in {**plan.identity.attrs(), **self._context()}.items():
+                study.set_user_attr(key, value)
+        if plan.identity.metric_names and not study.metric_names:
+            with _quiet_experimental():
+                study.set_metric_names(list(plan.identity.metric_names))
+        self._mask_storage_in_jobs()
+        log.info(
+            "study %s in %s: target %d trials, sampler %s",
+            plan.name,
+            masked(self.storage),
+            plan.n_trials,
+            type(study.sampler).__name__,
+        )
+        log.info("trial directories under %s", plan.sweep_dir)
+        for params in plan.queued:  # once per study: a trial with these params is not queued again
+            study.enqueue_trial(params, skip_if_exists=True)
+        return study
+
+    def _context(self) -> dict[str, str]:
+        """Study user attributes a person reviewing the study wants (each short)."""
+        choices = dict(self.config.hydra.runtime.choices)
+        found = {"command": " ".join(mask_overrides(list(sys.argv[1:])))[: space.MAX_ATTR]}
+        for key in ("hparams_search", "data", "data_size"):
+            if choices.get(key):
+                found[key] = str(choices[key])
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            found["mlp_sweep_version"] = version("mlp-sweep")
+        return found
+
+    def _run(self, study: optuna.Study, plan: Plan, heartbeat: Heartbeat) -> None:
+        ran, failed, announced = 0, [], False
+        left = plan.n_trials - sum(map(counts_toward_target, study.get_trials(deepcopy=False)))
+        allowed = math.floor(self.max_failure_rate * max(1, left))
+        try:
+            while True:
+                recovery.fail_stale_trials(study, plan.storage)
+                trials = study.get_trials(deepcopy=False)
+                done = sum(map(counts_toward_target, trials))
+                running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+                todo = plan.n_trials - done - len(running)
+                if todo <= 0:
+                    if running and heartbeat.enabled:
+                        if not announced:
+                            numbers = ", ".join(str(t.number) for t in running)
+                            log.info("waiting for %d trial(s) running in another process: %s", len(running), numbers)
+                            announced = True
+                        time.sleep(min(self.heartbeat_interval, 5))
+                        continue
+                    if ran == 0:
+                        self._nothing_to_run(study, plan, done)
+                    return
+                batch, jobs = self._ask(study, plan, heartbeat, min(todo, self.n_jobs), len(trials))
+                start = time.perf_counter()
+                returns = self._launch(batch, jobs)
+                for trial, ret in zip(batch, returns, strict=True):
+                    reason = self._tell(study, trial, ret, plan, time.perf_counter() - start, heartbeat)
+                    ran += 1
+                    if reason:
+                        failed.append(reason)
+                self._progress(study, plan)
+                if len(failed) > allowed:
+                    self._finish(study, plan)
+                    raise SweepExit(
+                        1,
+                        f"{len(failed)} of the {ran} trials run failed (last: {failed[-1]}): more than "
+                        f"max_failure_rate={self.max_failure_rate} allows ({allowed} of this run's trials)",
+                    )
+        except KeyboardInterrupt as err:
+            self._interrupted(study, plan, heartbeat, 143 if isinstance(err, Terminated) else 130)
+
+    def _nothing_to_run(self, study: optuna.Study, plan: Plan, done: int) -> None:
+        trials = study.get_trials(deepcopy=False)
+        if trials and not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+            reasons = sorted({t.user_attrs.get("fail_reason", "?") for t in trials if t.state == TrialState.FAIL})
+            raise SweepExit(
+                1,
+                f"study {plan.name} already has {done} of {plan.n_trials} trials, and all of them failed "
+                f"({'; '.join(reasons)[:300]}): nothing to run. Fix the cause and start another study "
+                "(hydra.sweeper.study_name=NAME), or raise hydra.sweeper.n_trials to try more",
+            )
+        log.info("study %s already has %d of %d trials: nothing to run", plan.name, done, plan.n_trials)
+
+    def _ask(self, study: optuna.Study, plan: Plan, heartbeat: Heartbeat, n: int, stored: int) -> tuple[list, list]:
+        batch, jobs = [], []
+        for i in range(n):
+            # Each draw is seeded with the sampler's seed offset by the trial's number: a rerun continues
+            # the search, workers sharing the study draw apart, one seeded worker alone is reproducible.
+            # Relative samplers draw inside ask() (the number is guessed from the trials stored),
+            # independent ones when the parameters are suggested (the number is known).
+            study.sampler = plan.make_sampler(stored + i)
+            trial = study.ask()
+            self.in_flight[trial.number] = trial
+            heartbeat.add(trial)
+            trial.set_user_attr("worker", self.worker)
+            batch.append(trial)
+            study.sampler = plan.make_sampler(trial.number)
+            try:
+                [overrides] = self._configure_trials(
+                    [trial], plan.space.distributions, plan.space.fixed, list(plan.space.fixed_overrides)
+                )
+            except Exception as err:  # a custom search space that raises, overlapping keys
+                for asked in batch:
+                    self._forget(asked, heartbeat)
+                    fail_trial(study, asked, f"{type(err).__name__}: {err}")
+                raise UserError(f"cannot build the trial's parameters: {err}") from None
+            jobs.append(
+                (
+                    *overrides,
+                    *job_overrides(study.study_name, trial.number),
+                    f"hydra.sweep.dir={plan.sweep_dir}",
+                    f"hydra.sweep.subdir={trial.number}",
+                )
+            )
+            log.info("trial %d start: %s", trial.number, _params(trial.params))
+        return batch, jobs
+
+    def _launch(self, batch: list, jobs: list) -> list:
+        """The jobs' returns; an error of the launcher itself (a file where a job folder goes, a full
+        disk) becomes each job's failure, never the sweep's."""
+        try:
+            return list(self.launcher.launch(jobs, initial_job_idx=batch[0].number))
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:
+            return [err] * len(batch)
+
+    def _tell(
+        self, study: optuna.Study, trial: optuna.Trial, ret: Any, plan: Plan, seconds: float, heartbeat: Heartbeat
+    ) -> str | None:
+        """Record one finished job; returns the failure reason, or None."""
+        job_dir = plan.sweep_dir / str(trial.number)
+        self._forget(trial, heartbeat)
+        try:
             metrics = read_metrics(job_dir)
             record_metrics(trial, metrics, job_dir)
-            value = metrics.get(self.config.optimized_metric)
-            if metrics.get("status") == "ok" and isinstance(value, (int, float)):
-                _tell(study, trial, float(value))
-                continue
-            trial.set_user_attr("fail_reason", "interrupted")
-            _tell(study, trial, state=TrialState.FAIL)
-            requeue(study, study._storage.get_trial(trial._trial_id))
-            log.warning("trial %d interrupted: recorded as failed and queued again", trial.number)
-        self._finish(study, sweep_dir)
+            values, reason = self._values(ret, metrics)
+            if reason:
+                if not fail_trial(study, trial, reason):
+                    raise optuna.exceptions.UpdateFinishedTrialError(reason)
+                log.warning("trial %d failed after %.1f s: %s", trial.number, seconds, reason)
+                return reason
+            _tell(study, trial, values)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning(
+                "trial %d was finished by another worker while this one was stopped (failed as stale; "
+                "its retry runs): this result is not recorded",
+                trial.number,
+            )
+            return None
+        except Exception as err:  # the storage or the file system failed around this one trial
+            reason = f"{type(err).__name__}: {err}"[:500]
+            fail_trial(study, trial, reason)
+            log.warning("trial %d failed: %s", trial.number, reason)
+            return reason
+        shown = ", ".join(f"{n}={v:.4g}" for n, v in zip(self._names(), values, strict=True))
+        log.info(
+            "trial %d end: %s in %.3g s (%s)",
+            trial.number,
+            shown,
+            metrics.get("seconds", seconds),
+            _params(trial.params),
+        )
+        return None
+
+    def _values(self, ret: Any, metrics: dict[str, Any]) -> tuple[list[float] | None, str | None]:
+        """The objective values a job returned, or why it failed."""
+        if isinstance(ret, BaseException):
+            return None, f"{type(ret).__name__}: {ret}"[:500]
+        try:
+            value = ret.return_value
+        except Exception as err:  # the task's own exception, re-raised by JobReturn
+            return None, f"{type(err).__name__}: {err}"[:500]
+        if metrics.get("status", "ok") != "ok":
+            return None, str(metrics["status"])
+        n = len(self._get_directions())
+        many = not isinstance(value, (str, bytes)) and hasattr(value, "__len__")
+        try:
+            values = [float(v) for v in value] if many else [float(value)]
+        except (TypeError, ValueError):
+            return None, f"the task returned {value!r}: not a number" + ("s" if n > 1 else "")
+        if len(values) != n or (n == 1 and many):
+            return None, f"the task returned {len(values) if many else 1} value(s) for {n} direction(s): {value!r}"
+        if not all(map(math.isfinite, values)):
+            return None, f"non-finite result {value!r}"
+        return values, None
+
+    def _interrupted(self, study: optuna.Study, plan: Plan, heartbeat: Heartbeat, code: int) -> None:
+        """Ctrl-C or SIGTERM: keep what finished, fail and requeue the rest, then summarize. The
+        storage part cannot be interrupted; a second signal during the summary ends the process."""
+        with _deferred_signals() as again:
+            for trial in list(self.in_flight.values()):
+                self._forget(trial, heartbeat)
+                job_dir = plan.sweep_dir / str(trial.number)
+                metrics = read_metrics(job_dir)
+                with contextlib.suppress(Exception):
+                    record_metrics(trial, metrics, job_dir)
+                values = self._values_from_metrics(metrics)
+                if values is not None:
+                    with contextlib.suppress(Exception):
+                        _tell(study, trial, values)
+                        continue
+                if fail_trial(study, trial, "interrupted"):
+                    queued = recovery.requeue(study, trial)
+                    log.warning(
+                        "trial %d interrupted: recorded as failed%s",
+                        trial.number,
+                        " and queued again" if queued else "",
+                    )
         log.warning("sweep interrupted; run the same command again to resume")
-        sys.exit(130)
+        if not again:
+            with _signals_end_at_once(code):
+                self._finish(study, plan)
+        for s in (signal.SIGINT, signal.SIGTERM):  # the storage is consistent: let the exit finish
+            with contextlib.suppress(ValueError):
+                signal.signal(s, signal.SIG_IGN)
+        raise SweepExit(code)
 
-    def _progress(self, study: optuna.Study, n_trials: int) -> None:
+    def _values_from_metrics(self, metrics: dict[str, Any]) -> list[float] | None:
+        """A job that finished just before an interrupt left its metrics (the project's own task)."""
+        if metrics.get("status") != "ok" or not self.metric_names:
+            return None
+        values = [metrics.get(n) for n in self.metric_names]
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return [float(v) for v in values]
+        return None
+
+    def _forget(self, trial: optuna.Trial, heartbeat: Heartbeat) -> None:
+        heartbeat.remove(trial)
+        self.in_flight.pop(trial.number, None)
+
+    def _progress(self, study: optuna.Study, plan: Plan) -> None:
         trials = study.get_trials(deepcopy=False)
-        done = sum(counts_toward_target(t) for t in trials)
+        done = sum(map(counts_toward_target, trials))
+        failed = sum(t.state == TrialState.FAIL and counts_toward_target(t) for t in trials)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        note = f" ({failed} failed)" if failed else ""
         best = ""
-        if complete:
+        if complete and len(study.directions) == 1:
             b = study.best_trial
-            best = f", best {self.config.optimized_metric} {b.value:.4f} (trial {b.number})"
-        log.info("progress: %d / %d trials done%s", done, n_trials, best)
+            best = f", best {self._names()[0]} {b.value:.4g} (trial {b.number})"
+        elif complete:
+            best = f", Pareto front of {len(study.best_trials)} trial(s)"
+        log.info("progress: %d / %d trials done%s%s", done, plan.n_trials, note, best)
 
-    def _finish(self, study: optuna.Study, sweep_dir: Path) -> None:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-        if complete:
-            best = study.best_trial
-            results = {
-                "name": "optuna",
-                "study_name": study.study_name,
-                "best_trial": best.number,
-                "best_dir": best.user_attrs.get("dir", str(sweep_dir / str(best.number))),
-                "best_params": best.params,
-                "best_value": best.value,
-            }
-            OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-        print(write_report(rows_from_study(study), sweep_dir, study=study, metric=self.config.optimized_metric))
+    def _finish(self, study: optuna.Study, plan: Plan) -> None:
+        """optimization_results.yaml and the summary; a failure here is reported, never raised."""
+        try:
+            plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+            results = optimization_results(study, plan.sweep_dir)
+            if results:
+                OmegaConf.save(OmegaConf.create(results), plan.sweep_dir / "optimization_results.yaml")
+            rows = rows_from_study(study)
+            print(write_report(rows, plan.sweep_dir, study=study, metrics=self._names(), directions=_dirs(study)))
+        except OSError as err:
+            log.error("could not write the summary into %s: %s", plan.sweep_dir, err)
 
-    # -- the search space ------------------------------------------------------------------
+    def _names(self) -> list[str]:
+        n = len(self._get_directions())
+        return self.metric_names or (["value"] if n == 1 else [f"value_{i}" for i in range(n)])
 
-    def _check_settings(self) -> None:
-        bad = []
-        if not (isinstance(self.n_trials, int) and self.n_trials >= 1):
-            bad.append(f"hydra.sweeper.n_trials={self.n_trials!r} is not allowed: use an integer >= 1")
-        if not (isinstance(self.n_jobs, int) and self.n_jobs >= 1):
-            bad.append(f"hydra.sweeper.n_jobs={self.n_jobs!r} is not allowed: use an integer >= 1")
-        rate = self.requested_failure_rate
-        if not (isinstance(rate, (int, float)) and 0 <= rate <= 1):
-            bad.append(f"hydra.sweeper.max_failure_rate={rate!r} is not allowed: use a number in [0, 1]")
-        if not (isinstance(self.heartbeat_interval, int) and self.heartbeat_interval >= 1):
-            bad.append(
-                f"hydra.sweeper.heartbeat_interval={self.heartbeat_interval!r} is not allowed: use whole seconds >= 1"
-            )
-        if bad:
-            raise UserError("invalid sweep settings:\n  " + "\n  ".join(bad))
+    # -- names, folders, samplers ------------------------------------------------------------
 
-    def _space(self, arguments: list[str]) -> tuple[dict, dict, list, bool, dict]:
-        """The search space, fixed values (as strings and typed), and whether it is ad hoc: only the
-        sweeps given on the command line, in place of the preset's params."""
-        self._process_searchspace_config()
-        preset = self._parse_sweeper_params_config()
-        parsed_args = _parse(arguments, "command line")
-        adhoc = any(o.is_sweep_override() for o in parsed_args)
-        lines = arguments if adhoc else [*preset, *arguments]
-        typed = {o.get_key_element(): o.value() for o in _parse(lines, "sweep") if not o.is_sweep_override()}
-        for line in lines:  # one at a time, so an error names its key
-            try:
-                create_params_from_overrides([line])
-            except (ValueError, AssertionError) as err:
-                raise UserError(f"invalid search space, nothing was run:\n  {line}: {err}") from None
-        space, fixed, fixed_overrides = create_params_from_overrides(lines)
-        for name in fixed:
-            space.pop(name, None)
-        if not space:
-            raise UserError(
-                "the search space is empty: give hydra.sweeper.params (hparams_search=...) or "
-                "sweeps on the command line, e.g. optimizer.lr=1e-3,1e-4"
-            )
-        return space, fixed, fixed_overrides, adhoc, {k: typed[k] for k in fixed if k in typed}
-
-    def _check_values(self, space: dict[str, BaseDistribution], fixed: dict[str, Any]) -> None:
-        """Every key exists, and every choice and range end passes the config checks."""
-        found: list[str] = []
-        task = OmegaConf.create({k: v for k, v in OmegaConf.to_container(self.config).items() if k != "hydra"})
-        groups = dict(self.config.hydra.runtime.choices)
-        loader = self.hydra_context.config_loader
-        candidates = [*((k, candidate_values(d)) for k, d in space.items()), *((k, [v]) for k, v in fixed.items())]
-        for name, values in candidates:
-            key = name.lstrip("+~")
-            if key in groups:
-                options = loader.get_group_options(key)
-                found += [
-                    f"{key}={v!r}: not an option of group {key} ({', '.join(options)})"
-                    for v in values
-                    if str(v) not in options
-                ]
-                continue
-            if name.startswith("+"):
-                continue
-            if OmegaConf.select(task, key, default=_ABSENT) is _ABSENT:
-                found.append(f"{key}: not a key of the config (see `python -m mlp_sweep --cfg job`)")
-                continue
-            for value in values:
-                trial_cfg = task.copy()
-                OmegaConf.update(trial_cfg, key, value, merge=False, force_add=True)
-                found += [f"in the search space, {p}" for p in problems(trial_cfg) if p.startswith(f"{key}=")]
-        if found:
-            raise UserError("invalid search space, nothing was run:\n  " + "\n  ".join(dict.fromkeys(found)))
-
-    def _study_name(self, adhoc: bool, space: dict[str, BaseDistribution]) -> str:
+    def _study_name(self, sp: space.Space, identity: space.Identity) -> str:
         named = any(o.startswith("hydra.sweeper.study_name=") for o in self.config.hydra.overrides.hydra)
-        if not adhoc or named:
-            return self.study_name or "mlp_sweep"
-        # an ad-hoc space gets a study of its own: it would conflict with the preset's
-        digest = hashlib.sha1(json.dumps({k: repr(v) for k, v in sorted(space.items())}).encode()).hexdigest()
-        data = OmegaConf.select(self.config, "data.name", default="data")
-        size = OmegaConf.select(self.config, "hydra.runtime.choices.data_size", default="size")
-        return f"adhoc-{data}-{size}-{digest[:8]}"
+        if not sp.adhoc or named:
+            return self.study_name or str(self.config.hydra.job.name)
+        # an ad-hoc sweep gets a study of its own, one per space and fixed configuration
+        digest = space.Identity((), None, {"space": sp.digest(), "fixed": identity.digest()}).digest()
+        data = OmegaConf.select(self.config, "data.name", default=None) or self.config.hydra.job.name
+        size = OmegaConf.select(self.config, "hydra.runtime.choices.data_size", default=None)
+        return "-".join(str(p) for p in ("adhoc", data, size, digest[:8]) if p)
 
     def _sweep_dir(self, name: str) -> Path:
         """hydra.sweep.dir, resolved with this study's name (it may interpolate the study name)."""
@@ -353,136 +439,78 @@ class StudySweeper(OptunaSweeperImpl):
             self.config.hydra.sweep.dir = str(path)  # where the launcher creates it
         return path
 
+    def _mask_storage_in_jobs(self) -> None:
+        """Jobs are composed from these overrides and write them to .hydra/hydra.yaml: no password."""
+        with read_write(self.config.hydra), open_dict(self.config.hydra):
+            overrides = list(self.config.hydra.overrides.hydra)
+            self.config.hydra.overrides.hydra = mask_overrides(overrides)
 
-# -- storage and trials --------------------------------------------------------------------
+    def _sampler_factory(self, grid: dict[str, list] | None) -> Callable[[int], Any]:
+        cfg = self.sampler_cfg
+        seed = cfg.get("seed") if cfg is not None else None
+
+        if grid is not None:  # one instance: its grid ids index an order shuffled by the seed
+            sampler = optuna.samplers.GridSampler(grid, seed=seed)
+            return lambda _offset: sampler
+
+        def make(offset: int) -> Any:
+            return _instantiate_sampler(cfg if seed is None else OmegaConf.merge(cfg, {"seed": int(seed) + offset}))
+
+        return make
 
 
-def check_against_stored(storage: Any, name: str, space: dict[str, BaseDistribution]) -> int:
-    """A space must agree with the distributions already stored in the study, or Optuna would fail
-    mid-sweep. Returns how many trials the study holds."""
-    if storage is None:
-        return 0
+# -- trials and their files ----------------------------------------------------------------
+
+
+def optimization_results(study: optuna.Study, sweep_dir: Path) -> dict[str, Any] | None:
+    """The stock plugin's results file: the best trial, or the Pareto front as `solutions`."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not complete:
+        return None
+    if len(study.directions) > 1:
+        front = [
+            {"number": t.number, "params": t.params, "values": t.values, "dir": t.user_attrs.get("dir", "")}
+            for t in study.best_trials
+        ]
+        return {"name": "optuna", "study_name": study.study_name, "solutions": front}
+    best = study.best_trial
+    return {
+        "name": "optuna",
+        "study_name": study.study_name,
+        "best_trial": best.number,
+        "best_dir": best.user_attrs.get("dir", str(sweep_dir / str(best.number))),
+        "best_params": best.params,
+        "best_value": best.value,
+    }
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, values: list[float]) -> None:
     try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        return 0
-    found = {}
-    trials = study.get_trials(deepcopy=False)
-    for trial in trials:
-        for param, stored in trial.distributions.items():
-            if param in space and param not in found:
-                try:
-                    check_distribution_compatibility(stored, space[param])
-                except ValueError:
-                    found[param] = f"{param}: {_show(space[param])} conflicts with {_show(stored)} stored in the study"
-    if found:
-        raise UserError(
-            f"the search space conflicts with study {name!r}, nothing was run:\n  "
-            + "\n  ".join(found.values())
-            + "\n  keep the stored space, or start another study with hydra.sweeper.study_name=..."
-        )
-    return len(trials)
-
-
-def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state: Any = None) -> None:
-    try:
-        study.tell(trial, value, state=state)
+        study.tell(trial, values)
     except RuntimeError as err:  # GridSampler stops the study when its grid is used up; the trial is told
         if "Study.stop" not in str(err):
             raise
 
 
+def _load(name: str, storage: Any) -> optuna.Study | None:
+    if storage is None:
+        return None
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+
+
+def _dirs(study: optuna.Study) -> list[str]:
+    return [d.name.lower() for d in study.directions]
+
+
+def _is_grid_config(cfg: Any) -> bool:
+    return cfg is not None and str(cfg.get("_target_", "")).endswith("GridSampler")
+
+
 def _instantiate_sampler(cfg: Any) -> Any:
     return instantiate(cfg, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
-
-
-def check_enqueued(trials: list[dict[str, Any]], space: dict[str, BaseDistribution]) -> None:
-    """Each queued parameter set names keys of the space, with values inside their distributions."""
-    found = []
-    for i, params in enumerate(trials):
-        for key, value in params.items():
-            dist = space.get(key)
-            if dist is None:
-                found.append(f"hydra.sweeper.enqueue_trials[{i}].{key}: not a parameter of the search space")
-                continue
-            try:
-                inside = dist._contains(dist.to_internal_repr(value))
-            except (ValueError, TypeError):
-                inside = False
-            if not inside:
-                found.append(f"hydra.sweeper.enqueue_trials[{i}].{key}={value!r} is outside {_show(dist)}")
-    if found:
-        raise UserError("invalid queued trials, nothing was run:\n  " + "\n  ".join(found))
-
-
-def counts_toward_target(trial: FrozenTrial) -> bool:
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") not in RERUN_REASONS
-
-
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Trials whose worker stopped sending heartbeats become FAIL (`stale`) and are queued once more."""
-    storage = study._storage
-    if not optuna.storages._heartbeat.is_heartbeat_enabled(storage):
-        return
-    for trial_id in storage._get_stale_trial_ids(study._study_id):  # the query Optuna's own check uses
-        try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", "stale")
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker got there first
-        trial = storage.get_trial(trial_id)
-        log.warning(
-            "trial %d was left running by a stopped worker (%s): failed as stale",
-            trial.number,
-            trial.user_attrs.get("worker", "unknown"),
-        )
-        requeue(study, trial)
-
-
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a trial's parameters once more, unless it was itself such a retry."""
-    if "retry_of" in trial.user_attrs:
-        return
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-
-
-class Heartbeat:
-    """Background thread that tells an RDB storage the asked trials are still alive."""
-
-    def __init__(self, storage: Any, interval: int) -> None:
-        self.storage, self.interval = storage, interval
-        self.enabled = storage is not None and optuna.storages._heartbeat.is_heartbeat_enabled(storage)
-        self.ids: set[int] = set()
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-        if self.enabled:
-            threading.Thread(target=self._loop, name="heartbeat", daemon=True).start()
-
-    def add(self, trial_id: int) -> None:
-        if self.enabled:
-            self.storage.record_heartbeat(trial_id)
-            with self.lock:
-                self.ids.add(trial_id)
-
-    def remove(self, trial_id: int) -> None:
-        with self.lock:
-            self.ids.discard(trial_id)
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def _loop(self) -> None:
-        while not self.stopped.wait(self.interval):
-            with self.lock:
-                ids = list(self.ids)
-            for trial_id in ids:
-                try:
-                    self.storage.record_heartbeat(trial_id)
-                except Exception as err:  # a busy database must not kill the sweep
-                    log.debug("heartbeat for trial id %d failed: %s", trial_id, err)
 
 
 def read_metrics(job_dir: Path) -> dict[str, Any]:
@@ -499,41 +527,76 @@ def record_metrics(trial: optuna.Trial, metrics: dict[str, Any], job_dir: Path) 
         if key in metrics:
             trial.set_user_attr(key, metrics[key])
     if metrics.get("history"):
-        curves = {k: [row[k] for row in metrics["history"]] for k in ("train_loss", "val_loss", "train_acc", "val_acc")}
+        curves = {
+            k: [round(row[k], 4) for row in metrics["history"]]
+            for k in ("train_loss", "val_loss", "train_acc", "val_acc")
+        }
         trial.set_user_attr("curves", curves)
-
-
-# -- small helpers ---------------------------------------------------------------------------
-
-
-def _parse(lines: list[str], where: str) -> list:
-    try:
-        return OverridesParser.create().parse_overrides(lines)
-    except Exception as err:
-        raise UserError(f"cannot parse the {where} sweep: {err}") from None
-
-
-def candidate_values(dist: BaseDistribution) -> list[Any]:
-    if isinstance(dist, CategoricalDistribution):
-        return list(dist.choices)
-    if isinstance(dist, (IntDistribution, FloatDistribution)):
-        return [dist.low, dist.high]
-    return []
-
-
-def _discrete(dist: BaseDistribution) -> bool:
-    return isinstance(dist, (CategoricalDistribution, IntDistribution)) or getattr(dist, "step", None) is not None
-
-
-def _show(dist: BaseDistribution) -> str:
-    if isinstance(dist, CategoricalDistribution):
-        return f"choice{tuple(dist.choices)}"
-    kind = "int" if isinstance(dist, IntDistribution) else "float"
-    return f"{kind} interval [{dist.low}, {dist.high}]{' log' if dist.log else ''}"
 
 
 def _params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-_ABSENT = object()
+# -- signals ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def raise_terminated(_signum: int, _frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _deferred_signals() -> Iterator[list[int]]:
+    """Ctrl-C / SIGTERM wait until the block ends; the list says whether one came."""
+    came: list[int] = []
+    try:
+        previous = {
+            s: signal.signal(s, lambda signum, _f: came.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+        }
+    except ValueError:
+        yield came
+        return
+    try:
+        yield came
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _signals_end_at_once(code: int) -> Iterator[None]:
+    def end(_signum: int, _frame: Any) -> None:
+        print("interrupted again: summary skipped; the study is saved", file=sys.stderr, flush=True)
+        os._exit(code)
+
+    try:
+        previous = {s: signal.signal(s, end) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield

@@ -34,6 +34,7 @@ class Metrics:
     status: str  # "ok" | "diverged"
     seconds: float  # whole fit, evaluation included
     images_per_second: float  # training images per second of training steps
+    params: int  # trainable parameters of the model
     history: list[dict[str, float]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -137,6 +138,7 @@ def fit(
         status=status,
         seconds=time.perf_counter() - start,
         images_per_second=images_seen / train_seconds if train_seconds else 0.0,
+        params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         history=history,
     )
 

@@ -6,6 +6,8 @@ from mlp_sweep.data import PREPARED
 
 from .conftest import run_cli, write_archive
 
+pytestmark = pytest.mark.slow  # subprocess runs of the CLI
+
 METRIC_KEYS = {
     "train_acc",
     "val_acc",

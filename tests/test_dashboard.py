@@ -9,7 +9,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from .conftest import run_cli
+
+pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
 
 def free_port() -> int:

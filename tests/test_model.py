@@ -35,3 +35,9 @@ def test_course_architecture_parameter_count():
 def test_misspelled_key_fails_loudly():
     with pytest.raises(TypeError):
         build(64, 10, num_layers=2, hidden_size=8, activation="relu", dropout=0.0, norm="none", widht=3)
+
+
+def test_the_checks_allow_exactly_the_models_names():
+    from mlp_sweep import checks, model
+
+    assert tuple(model.ACTIVATIONS) == checks.ACTIVATIONS and tuple(model.NORMS) == checks.NORMS

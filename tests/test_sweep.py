@@ -1,41 +1,20 @@
 """End-to-end sweeps in subprocesses on digits: presets, resume, failures, signals, bad spaces."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-from .conftest import run_cli, write_archive
+from .conftest import write_archive
+from .sweeps import BEAT, FAST, LONG, finish, start, states, studies, study, sweep, wait_running
 
-FAST = ("data=digits", "trainer.epochs=2")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def sweep(tmp_path, *args, env=None, timeout=300):
-    return run_cli("-m", *args, cwd=tmp_path, env=env, timeout=timeout)
-
-
-def study(tmp_path, name):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
-
-
-def studies(tmp_path):
-    db = tmp_path / "outputs" / "optuna.db"
-    if not db.exists():
-        return {}
-    storage = f"sqlite:///{db}"
-    return {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
-
-
-def states(trials):
-    return [t.state for t in trials]
+pytestmark = pytest.mark.slow
 
 
 def test_tpe_default_runs_to_target_then_resumes_to_a_larger_one(tmp_path):
@@ -152,11 +131,11 @@ def test_grid_preset_runs_six_jobs_with_hydras_basic_sweeper(tmp_path):
 def test_wide_preset_runs(tmp_path):
     res = sweep(tmp_path, *FAST, "hparams_search=wide", "hydra.sweeper.n_trials=2")
     assert res.returncode == 0, res.stderr
-    first, second = study(tmp_path, "wide-digits-20k").trials
+    first, second = study(tmp_path, "wide-digits-full").trials
     recipe = {"model.norm": "layer", "optimizer": "adamw", "model.hidden_size": 1024, "optimizer.lr": 1e-3}
     assert recipe.items() <= first.params.items()  # the best_mlp recipe is queued first
     assert sweep(tmp_path, *FAST, "hparams_search=wide", "hydra.sweeper.n_trials=3").returncode == 0
-    assert [t.params == first.params for t in study(tmp_path, "wide-digits-20k").trials] == [True, False, False]
+    assert [t.params == first.params for t in study(tmp_path, "wide-digits-full").trials] == [True, False, False]
 
 
 def test_adhoc_command_line_sweep_is_a_grid_of_its_own(tmp_path):
@@ -226,79 +205,30 @@ def test_a_conflicting_space_cannot_poison_a_study(tmp_path):
     assert res.returncode == 0 and "already has 2 of 2" in res.stdout + res.stderr
 
 
-def _start(tmp_path, *args):
-    """A sweep in the background; its output goes to a file (a full pipe would block it)."""
-    env = {**os.environ}
-    env.pop("HYDRA_FULL_ERROR", None)
-    out = open(tmp_path / f"worker-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115 - read after the process ends
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlp_sweep", "-m", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    proc.log = out
-    return proc
-
-
-def _default_sigint():
-    """A terminal delivers Ctrl-C even when the test runner itself ignores SIGINT (a background job)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _finish(proc, timeout):
-    proc.wait(timeout=timeout)
-    proc.log.seek(0)
-    return proc.log.read()
-
-
-def _wait_running(tmp_path, name, number, timeout=120):
-    """Until trial `number` of the study is RUNNING and its job has started training."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            trials = study(tmp_path, name).trials
-        except (KeyError, Exception):
-            trials = []
-        if len(trials) > number and trials[number].state == TrialState.RUNNING:
-            log = tmp_path / "outputs" / "sweeps" / name / str(number) / "mlp_sweep.log"
-            if log.is_file() and "epoch" in log.read_text():
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"trial {number} of {name} never ran")
-
-
-LONG = ("data=digits", "trainer.patience=0", "trainer.epochs=5000", "hydra.sweeper.study_name=long")
-
-
 def test_ctrl_c_fails_in_flight_trial_exits_130_and_resumes(tmp_path):
-    proc = _start(tmp_path, *LONG, "hydra.sweeper.n_trials=1")
-    _wait_running(tmp_path, "long", 0)
+    proc = start(tmp_path, *LONG, "hydra.sweeper.n_trials=1")
+    wait_running(tmp_path, "long", 0)
     proc.send_signal(signal.SIGINT)
-    out = _finish(proc, 60)
+    out = finish(proc, 60)
     assert proc.returncode == 130, out
     [t0, queued] = study(tmp_path, "long").trials
     assert t0.state == TrialState.FAIL and t0.user_attrs["fail_reason"] == "interrupted"
     assert queued.state == TrialState.WAITING and queued.user_attrs["retry_of"] == 0
-    res = sweep(tmp_path, *LONG[:-2], "trainer.epochs=2", "hydra.sweeper.study_name=long", "hydra.sweeper.n_trials=1")
+    res = sweep(tmp_path, *LONG, "hydra.sweeper.n_trials=1")  # the same command resumes
     assert res.returncode == 0, res.stderr
     [t0, t1] = study(tmp_path, "long").trials
     assert t1.state == TrialState.COMPLETE and t1.params == t0.params
 
 
 def test_killed_sweep_leaves_a_stale_trial_that_is_failed_and_rerun(tmp_path):
-    beat = ("hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
-    short = ("data=digits", "trainer.epochs=2", "hydra.sweeper.study_name=long", *beat)
-    assert sweep(tmp_path, *short, "hydra.sweeper.n_trials=1").returncode == 0
+    assert sweep(tmp_path, *LONG, *BEAT, "hydra.sweeper.n_trials=1").returncode == 0
     before = study(tmp_path, "long").trials[0]
-    proc = _start(tmp_path, *LONG, *beat, "hydra.sweeper.n_trials=2")
-    _wait_running(tmp_path, "long", 1)
+    proc = start(tmp_path, *LONG, *BEAT, "hydra.sweeper.n_trials=2")
+    wait_running(tmp_path, "long", 1)
     proc.kill()
     proc.wait(timeout=30)
     assert study(tmp_path, "long").trials[1].state == TrialState.RUNNING  # what SIGKILL leaves behind
-    res = sweep(tmp_path, *short, "hydra.sweeper.n_trials=2")
+    res = sweep(tmp_path, *LONG, *BEAT, "hydra.sweeper.n_trials=2")
     assert res.returncode == 0, res.stderr
     t0, t1, t2 = study(tmp_path, "long").trials
     assert (t0.state, t0.value, t0.params, t0.datetime_complete) == (
@@ -312,19 +242,11 @@ def test_killed_sweep_leaves_a_stale_trial_that_is_failed_and_rerun(tmp_path):
 
 
 def test_a_live_worker_on_the_same_study_is_left_alone(tmp_path):
-    beat = ("hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
-    slow = ("data=digits", "trainer.patience=0", "trainer.epochs=500", "hydra.sweeper.study_name=shared", *beat)
-    first = _start(tmp_path, *slow, "hydra.sweeper.n_trials=2")
-    _wait_running(tmp_path, "shared", 0)
-    res = sweep(
-        tmp_path,
-        "data=digits",
-        "trainer.epochs=2",
-        "hydra.sweeper.study_name=shared",
-        *beat,
-        "hydra.sweeper.n_trials=2",
-    )
-    out = _finish(first, 300)
+    args = (*LONG[:-1], "hydra.sweeper.study_name=shared", *BEAT, "hydra.sweeper.n_trials=2")
+    first = start(tmp_path, *args)
+    wait_running(tmp_path, "shared", 0)
+    res = sweep(tmp_path, *args)
+    out = finish(first, 300)
     assert res.returncode == 0 and first.returncode == 0, (res.stderr, out)
     assert "waiting for 1 trial(s) running in another process: 0" in res.stdout + res.stderr
     trials = study(tmp_path, "shared").trials

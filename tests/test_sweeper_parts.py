@@ -1,4 +1,4 @@
-"""Pure parts of the sweeper: queued trials, the target count, stored-space conflicts."""
+"""Pure parts of the sweeper: queued trials, the target count, stored-space conflicts, identity."""
 
 import optuna
 import pytest
@@ -6,13 +6,15 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from mlp_sweep.errors import UserError
-from mlp_sweep.sweeper import check_against_stored, check_enqueued, counts_toward_target
+from mlp_sweep.recovery import counts_toward_target
+from mlp_sweep.space import Space, check_against_stored, check_enqueued
 
-SPACE = {
+DISTS = {
     "optimizer.lr": FloatDistribution(1e-5, 1e-3, log=True),
     "model.hidden_size": IntDistribution(150, 400),
     "model.activation": CategoricalDistribution(["relu", "leaky_relu"]),
 }
+SPACE = Space(DISTS, {}, (), False, None)
 
 
 def test_queued_trials_must_fit_the_space():
@@ -47,11 +49,10 @@ def test_stored_space_conflicts_are_found_before_any_trial():
         create_trial(
             params={"model.activation": "relu"},
             value=0.5,
-            distributions={"model.activation": SPACE["model.activation"]},
+            distributions={"model.activation": DISTS["model.activation"]},
         )
     )
-    assert check_against_stored(storage, "s", SPACE) == 1
-    assert check_against_stored(storage, "other", SPACE) == 0
-    changed = {**SPACE, "model.activation": CategoricalDistribution(["relu", "gelu"])}
+    check_against_stored(study, SPACE)
+    changed = Space({**DISTS, "model.activation": CategoricalDistribution(["relu", "gelu"])}, {}, (), False, None)
     with pytest.raises(UserError, match="conflicts with choice"):
-        check_against_stored(storage, "s", changed)
+        check_against_stored(study, changed)

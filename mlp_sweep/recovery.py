@@ -1,0 +1,152 @@
+"""Recovery: heartbeats, stale trials, retries, and what counts toward a study's target.
+
+The one module that may touch Optuna internals; each use says why no public call does the job.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger(__name__)
+
+RERUN_REASONS = ("interrupted", "stale")  # failed trials that do not count toward the target
+MAX_STALE = 2  # parameters whose worker died this often are not queued again (they may be what kills it)
+
+
+def heartbeat_enabled(storage: Any) -> bool:
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+def counts_toward_target(trial: FrozenTrial) -> bool:
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") not in RERUN_REASONS
+
+
+def trial_id(trial: Any) -> int:
+    # Optuna's storages address trials by id; Trial and FrozenTrial expose it only as _trial_id.
+    return trial._trial_id
+
+
+def fail_trial(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
+    """FAIL a running trial with its reason; False when another process had already finished it."""
+    try:
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as err:
+        # GridSampler stops the study when its grid is used up; the trial is told all the same
+        return isinstance(err, RuntimeError) and "Study.stop" in str(err)
+    return True
+
+
+def fail_stale_trials(study: optuna.Study, raw: Any) -> None:
+    """Trials whose worker stopped sending heartbeats become FAIL (`stale`) and are queued again.
+    `raw` is the storage as opened (a Study wraps an RDBStorage in a cache)."""
+    if not heartbeat_enabled(raw):
+        return
+    storage = study._storage  # Study has no public handle on its storage; writes go through its cache
+    # RDBStorage._get_stale_trial_ids is the query Optuna's own fail_stale_trials uses; that public
+    # function cannot record a reason or requeue, and it skips trials that never sent a heartbeat.
+    stale = set(raw._get_stale_trial_ids(study._study_id)) | _never_beat(study, raw)
+    for tid in sorted(stale):
+        try:
+            storage.set_trial_user_attr(tid, "fail_reason", "stale")
+            if not storage.set_trial_state_values(tid, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        trial = storage.get_trial(tid)
+        log.warning(
+            "trial %d was left running by a stopped worker (%s): failed as stale",
+            trial.number,
+            trial.user_attrs.get("worker", "unknown"),
+        )
+        requeue(study, trial)
+
+
+def _never_beat(study: optuna.Study, storage: RDBStorage) -> set[int]:
+    """RUNNING trials with no heartbeat at all, started longer than a grace period ago: their worker
+    died between asking and the first heartbeat (the sweeper beats right after each ask)."""
+    from optuna.storages._rdb import models  # the heartbeat table has no public reader
+
+    grace = storage.grace_period or 2 * storage.get_heartbeat_interval()
+    running = {
+        trial_id(t): t.datetime_start
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.datetime_start is not None
+    }
+    if not running:
+        return set()
+    with storage.scoped_session() as session:
+        beating = {
+            row[0]
+            for row in session.query(models.TrialHeartbeatModel.trial_id).filter(
+                models.TrialHeartbeatModel.trial_id.in_(list(running))
+            )
+        }
+    # datetime_start is the asking machine's local time; the margin covers modest clock skew
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=2 * grace)
+    return {tid for tid, start in running.items() if tid not in beating and start < cutoff}
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> bool:
+    """Queue a trial's parameters again, while they never completed and are not already queued."""
+    params = dict(trial.params)
+    first = trial.user_attrs.get("retry_of", trial.number)
+    stale = 0
+    for other in study.get_trials(deepcopy=False):
+        if other.params != params and other.state != TrialState.WAITING:
+            continue
+        if other.state in (TrialState.COMPLETE, TrialState.PRUNED) and other.params == params:
+            return False
+        if other.state == TrialState.WAITING and other.user_attrs.get("retry_of") == first:
+            return False
+        stale += other.params == params and other.user_attrs.get("fail_reason") == "stale"
+    if stale >= MAX_STALE:
+        log.warning("trial %d's parameters lost their worker %d times: not queued again", trial.number, stale)
+        return False
+    study.enqueue_trial(params, user_attrs={"retry_of": first}, skip_if_exists=False)
+    return True
+
+
+class Heartbeat:
+    """Background thread that tells an RDB storage the asked trials are still alive."""
+
+    def __init__(self, storage: Any, interval: int) -> None:
+        self.storage, self.interval = storage, interval
+        self.enabled = heartbeat_enabled(storage)
+        self.ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        if self.enabled:
+            threading.Thread(target=self._loop, name="heartbeat", daemon=True).start()
+
+    def add(self, trial: Any) -> None:
+        if self.enabled:
+            self.storage.record_heartbeat(trial_id(trial))
+            with self.lock:
+                self.ids.add(trial_id(trial))
+
+    def remove(self, trial: Any) -> None:
+        with self.lock:
+            self.ids.discard(trial_id(trial))
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.interval):
+            with self.lock:
+                ids = list(self.ids)
+            for tid in ids:
+                try:
+                    self.storage.record_heartbeat(tid)
+                except Exception as err:  # a busy database must not kill the sweep
+                    log.debug("heartbeat for trial id %d failed: %s", tid, err)

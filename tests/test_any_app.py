@@ -1,0 +1,124 @@
+"""The sweeper on a Hydra app that is not mlp_sweep: single and multi-objective, bad returns,
+command-line intervals, integer bounds."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState
+
+APP = Path(__file__).parent / "apps" / "sphere.py"
+pytestmark = pytest.mark.slow
+
+
+def sweep(tmp_path, *args, timeout=120):
+    env = {**os.environ}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, str(APP), "-m", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def load(tmp_path, name="sphere"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/sphere.db")
+
+
+def test_single_objective_app_needs_no_keys_of_ours(tmp_path):
+    res = sweep(tmp_path)
+    assert res.returncode == 0, res.stderr
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
+    for t in study.trials:  # the task's return value is the objective
+        assert t.value == pytest.approx(t.params["x"] ** 2 + t.params["y"] ** 2)
+    job_log = (tmp_path / "sweeps" / "sphere" / "3" / "sphere.log").read_text()
+    out = res.stdout + res.stderr + job_log
+    assert "job of trial 3 in study sphere" in res.stdout  # the job learns its trial from the environment
+    assert "Using an existing study" not in out
+    results = yaml.safe_load((tmp_path / "sweeps" / "sphere" / "optimization_results.yaml").read_text())
+    best = min(study.trials, key=lambda t: t.value)
+    assert results["best_trial"] == best.number and results["best_value"] == pytest.approx(best.value)
+    md = (tmp_path / "sweeps" / "sphere" / "summary.md").read_text()
+    assert f"## Best trial: {best.number}" in md and "minimize value" in md  # ranked by the study's direction
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "complete" in line]
+    values = [float(r.split("|")[3]) for r in rows]
+    assert values == sorted(values)
+
+
+def test_multi_objective_app_gets_a_pareto_front(tmp_path):
+    res = sweep(
+        tmp_path,
+        "mode=pair",
+        "hydra.sweeper.direction=[minimize,minimize]",
+        "hydra.sweeper.n_trials=10",
+        "hydra.sweeper.study_name=pair",
+    )
+    assert res.returncode == 0, res.stderr
+    study = load(tmp_path, "pair")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 10
+    sweep_dir = tmp_path / "sweeps" / "pair"
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    front = {s["number"] for s in results["solutions"]}
+    assert front == {t.number for t in study.best_trials} and front
+    for s in results["solutions"]:  # no solution dominates another
+        for o in results["solutions"]:
+            a, b = s["values"], o["values"]
+            assert not (all(x <= y for x, y in zip(a, b, strict=True)) and a != b)
+    md = (sweep_dir / "summary.md").read_text()
+    assert f"## Pareto front: {len(front)} trial(s)" in md
+    assert (sweep_dir / "pareto.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize(
+    "mode, direction, reason",
+    [
+        ("nan_first", "minimize", "non-finite result nan"),
+        ("short_first", "minimize", "returned 1 value(s) for 1 direction(s)"),
+        ("single", "[minimize,minimize]", "returned 1 value(s) for 2 direction(s)"),
+    ],
+)
+def test_a_bad_return_value_fails_that_trial_with_the_reason(tmp_path, mode, direction, reason):
+    res = sweep(tmp_path, f"mode={mode}", f"hydra.sweeper.direction={direction}", "hydra.sweeper.n_trials=3")
+    study = load(tmp_path)
+    if mode == "single":  # every trial returns one value for two directions: the failure policy stops it
+        assert res.returncode == 1 and "more than max_failure_rate" in res.stderr
+        assert study.trials[0].state == TrialState.FAIL
+    else:
+        assert res.returncode == 0, res.stderr
+        assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert reason in study.trials[0].user_attrs["fail_reason"]
+
+
+def test_an_integer_interval_on_the_command_line_goes_to_the_sampler(tmp_path):
+    res = sweep(tmp_path, "x=tag(log, int(interval(1, 400)))", "hydra.sweeper.n_trials=3")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout + res.stderr
+    assert "target 3 trials, sampler TPESampler" in out
+    [name] = [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/sphere.db")]
+    trials = load(tmp_path, name).trials
+    assert len(trials) == 3
+    assert trials[0].distributions["x"] == IntDistribution(1, 400, log=True)
+
+
+def test_explicit_value_lists_on_the_command_line_make_a_full_grid(tmp_path):
+    res = sweep(tmp_path, "x=1,2", "y=range(0,3)")
+    assert res.returncode == 0, res.stderr
+    assert "target 6 trials, sampler GridSampler" in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("value", ["int(interval(1.5, 3))", "tag(log, int(interval(1, 2.5)))"])
+def test_an_integer_interval_needs_integer_bounds(tmp_path, value):
+    res = sweep(tmp_path, f"x={value}")
+    assert res.returncode == 2 and "of an integer interval is not an integer" in res.stderr
+    assert not (tmp_path / "sphere.db").exists() or not optuna.get_all_study_summaries(
+        f"sqlite:///{tmp_path}/sphere.db"
+    )

@@ -1,0 +1,244 @@
+"""Faults injected on purpose (digits, real subprocesses and signals): one study is one experiment,
+nothing is lost, nothing is left RUNNING, nothing hangs."""
+
+import hashlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from .sweeps import BEAT, FAST, LONG, finish, start, states, studies, study, sweep, wait_running
+
+pytestmark = pytest.mark.slow
+
+
+def no_running(trials):
+    return all(t.state != TrialState.RUNNING for t in trials)
+
+
+# -- one study, one experiment ---------------------------------------------------------------
+
+
+def test_a_changed_objective_or_direction_is_refused(tmp_path):
+    assert sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2").returncode == 0
+    for extra in (("optimized_metric=val_loss",), ("optimized_metric=val_loss", "hydra.sweeper.direction=minimize")):
+        res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=3", *extra)
+        assert res.returncode == 2, res.stderr
+        assert "study 'tpe-digits-20k' in sqlite:///outputs/optuna.db was made by another experiment" in res.stderr
+        assert "directions: ['maximize'] in the study, ['minimize'] now" in res.stderr
+        assert "metrics: ['val_acc'] in the study, ['val_loss'] now" in res.stderr
+        assert "hydra.sweeper.study_name=NAME" in res.stderr
+    assert studies(tmp_path) == {"tpe-digits-20k": 2}
+
+
+def test_a_direction_that_contradicts_the_metric_is_refused(tmp_path):
+    res = sweep(tmp_path, *FAST, "optimized_metric=val_loss", "hydra.sweeper.direction=maximize")
+    assert res.returncode == 2
+    assert "hydra.sweeper.direction=['maximize'] contradicts optimized_metric=['val_loss']" in res.stderr
+    assert studies(tmp_path) == {}
+
+
+def test_a_changed_fixed_configuration_is_another_experiment(tmp_path):
+    adhoc = (*FAST, "optimizer.lr=1e-3,1e-4")
+    assert sweep(tmp_path, *adhoc).returncode == 0
+    res = sweep(tmp_path, *adhoc, "model.num_layers=3")
+    assert res.returncode == 0, res.stderr
+    assert "nothing to run" not in res.stdout + res.stderr
+    assert sorted(studies(tmp_path).values()) == [2, 2]  # an ad-hoc sweep: a study of its own
+
+    named = ("data=digits", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=p")
+    assert sweep(tmp_path, *named, "trainer.epochs=2").returncode == 0
+    res = sweep(tmp_path, *named, "trainer.epochs=3")
+    assert res.returncode == 2
+    assert "trainer.epochs: 2 in the study, 3 now" in res.stderr
+    res = sweep(tmp_path, *named, "trainer.epochs=2", "trainer.threads=1")  # not part of the experiment
+    assert res.returncode == 0 and "already has 2 of 2 trials" in res.stdout + res.stderr
+    attrs = study(tmp_path, "p").user_attrs
+    assert attrs["fixed.trainer.epochs"] == "2" and attrs["data"] == "digits"
+    assert all(len(str(v)) <= 1024 for v in attrs.values())
+
+
+def test_workers_on_one_study_draw_their_own_parameters_and_one_worker_is_reproducible(tmp_path):
+    args = (*FAST, "hparams_search=random", "hydra.sweeper.n_trials=8", "hydra.sweeper.study_name=w", *BEAT)
+    workers = [start(tmp_path, *args) for _ in range(3)]
+    outs = [finish(w, 300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0], outs
+    trials = study(tmp_path, "w").trials
+    assert len(trials) >= 8 and no_running(trials)
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(params)) == len(params)  # no parameter set drawn twice
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for where in (alone, alone / "again"):
+        where.mkdir(exist_ok=True)
+        assert sweep(where, *FAST, "hparams_search=random", "hydra.sweeper.n_trials=3").returncode == 0
+    first, again = (study(d, "random-digits-20k").trials for d in (alone, alone / "again"))
+    assert [t.params for t in first] == [t.params for t in again]
+
+
+# -- crashes, hangs and leaks --------------------------------------------------------------------
+
+
+def test_workers_starting_together_on_a_new_sqlite_file_all_work(tmp_path):
+    args = (*FAST, "hydra.sweeper.n_trials=4", "hydra.sweeper.study_name=race", *BEAT)
+    workers = [start(tmp_path, *args) for _ in range(4)]
+    outs = [finish(w, 300) for w in workers]
+    assert [w.returncode for w in workers] == [0] * 4, outs
+    assert not any("UNIQUE constraint" in o or "Traceback" in o for o in outs)
+    trials = study(tmp_path, "race").trials
+    assert len(trials) >= 4 and no_running(trials)
+
+
+def test_a_trial_killed_before_its_first_heartbeat_does_not_hang_later_runs(tmp_path):
+    args = (*FAST, "hydra.sweeper.study_name=orphan", "hydra.sweeper.heartbeat_interval=1")
+    assert sweep(tmp_path, *args, "hydra.sweeper.n_trials=1", "hydra.sweeper.grace_period=2").returncode == 0
+    s = study(tmp_path, "orphan")
+    orphan = s.ask()  # what a worker killed between ask() and its first heartbeat leaves behind
+    orphan.set_user_attr("worker", "gone:1")
+    time.sleep(4.5)
+    res = sweep(tmp_path, *args, "hydra.sweeper.n_trials=2", "hydra.sweeper.grace_period=2", timeout=120)
+    assert res.returncode == 0, res.stderr
+    trials = study(tmp_path, "orphan").trials
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["fail_reason"] == "stale"
+    assert states(trials).count(TrialState.COMPLETE) == 2 and no_running(trials)
+
+
+def test_a_file_where_a_trial_folder_goes_fails_that_trial_only(tmp_path):
+    folder = tmp_path / "outputs" / "sweeps" / "blocked"
+    folder.mkdir(parents=True)
+    (folder / "1").write_text("not a folder")
+    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=3", "hydra.sweeper.study_name=blocked")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    trials = study(tmp_path, "blocked").trials
+    assert states(trials) == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert "FileExistsError" in trials[1].user_attrs["fail_reason"]
+
+
+def test_a_full_disk_fails_trials_with_the_reason_and_stops_cleanly(tmp_path):
+    assert sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=1").returncode == 0  # the database exists
+    common = (*FAST, "hydra.sweeper.study_name=disk", "model.num_layers=3")
+    # 4096-wide layers make a 64 MB model.pt: past the file-size limit, while the database stays below it
+    cmd = [sys.executable, "-m", "mlp_sweep", "-m", *common, "model.hidden_size=4096,4095,4094"]
+    res = subprocess.run(
+        ["bash", "-c", 'ulimit -f 20000; exec "$@"', "bash", *cmd],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # torch reports the short write in its own words; every trial fails with them, and the failure
+    # policy stops the sweep with a message, not a traceback
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "more than max_failure_rate=0.5 allows" in res.stderr
+    trials = study(tmp_path, "disk").trials
+    assert states(trials) == [TrialState.FAIL] * 2
+    assert all("RuntimeError" in t.user_attrs["fail_reason"] for t in trials)
+
+
+def test_a_worker_suspended_past_the_grace_period_and_resumed_exits_cleanly(tmp_path):
+    args = ("data=digits", "trainer.patience=0", "trainer.epochs=150", "hydra.sweeper.study_name=susp", *BEAT)
+    first = start(tmp_path, *args, "hydra.sweeper.n_trials=1")
+    wait_running(tmp_path, "susp", 0)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(4)
+        res = sweep(tmp_path, *args, "hydra.sweeper.n_trials=1", timeout=300)  # fails trial 0 as stale, reruns it
+        assert res.returncode == 0, res.stderr
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out = finish(first, 300)
+    assert first.returncode == 0 and "Traceback" not in out, out
+    assert "was finished by another worker" in out
+    trials = study(tmp_path, "susp").trials
+    assert states(trials) == [TrialState.FAIL, TrialState.COMPLETE] and no_running(trials)
+
+
+def test_a_second_ctrl_c_is_short_and_a_twice_interrupted_retry_is_queued_again(tmp_path):
+    for round_ in range(2):
+        proc = start(tmp_path, *LONG, "hydra.sweeper.n_trials=1")
+        wait_running(tmp_path, "long", round_)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out = finish(proc, 60)
+        assert proc.returncode == 130, out
+        assert "Traceback" not in out and len(out.splitlines()) < 60
+        assert "run the same command again to resume" in out
+        trials = study(tmp_path, "long").trials
+        assert no_running(trials)
+        assert trials[round_].state == TrialState.FAIL and trials[round_].user_attrs["fail_reason"] == "interrupted"
+        assert trials[-1].state == TrialState.WAITING and trials[-1].user_attrs["retry_of"] == 0
+    assert len(trials) == 3
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path):
+    proc = start(tmp_path, *LONG, "hydra.sweeper.n_trials=1")
+    wait_running(tmp_path, "long", 0)
+    proc.send_signal(signal.SIGTERM)
+    out = finish(proc, 60)
+    assert proc.returncode == 143, out
+    [t0, queued] = study(tmp_path, "long").trials
+    assert t0.state == TrialState.FAIL and t0.user_attrs["fail_reason"] == "interrupted"
+    assert queued.state == TrialState.WAITING
+
+
+def test_a_torn_journal_record_is_repaired_and_a_damaged_one_refused(tmp_path):
+    journal = tmp_path / "outputs" / "journal.log"
+    args = (*FAST, f"hydra.sweeper.storage=journal:{journal}")
+    assert sweep(tmp_path, *args, "hydra.sweeper.n_trials=2").returncode == 0
+    intact = journal.read_bytes()
+    with open(journal, "ab") as f:
+        f.write(b'{"op_code": 5, "worker_id": "x", "trial_id": 1, "us')  # a writer killed mid-record
+    res = sweep(tmp_path, *args, "hydra.sweeper.n_trials=3")
+    assert res.returncode == 0, res.stderr
+    log = res.stdout + res.stderr
+    assert f"the journal {journal} ended in a torn record at byte {len(intact)}" in log
+    [backup] = journal.parent.glob("journal.log.torn-*")
+    assert backup.read_bytes().startswith(intact)
+    backend = optuna.storages.journal.JournalFileBackend(str(journal))
+    trials = optuna.load_study(study_name="tpe-digits-20k", storage=optuna.storages.JournalStorage(backend)).trials
+    assert states(trials) == [TrialState.COMPLETE] * 3
+
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join([*lines[:3], b"{garbage\n", *lines[3:]]))
+    res = sweep(tmp_path, *args, "hydra.sweeper.n_trials=4")
+    assert res.returncode == 2 and f"the journal {journal} has a damaged record at byte" in res.stderr
+
+
+def test_a_malformed_sqlite_file_is_refused_untouched(tmp_path):
+    assert sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=1").returncode == 0
+    db = tmp_path / "outputs" / "optuna.db"
+    with sqlite3.connect(db) as connection:  # fold the write-ahead log into the file
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(db.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 2000] = b"\xa5" * 2000
+    db.write_bytes(bytes(data))
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2")
+    assert res.returncode == 2, res.stdout
+    assert str(db) in res.stderr and ".recover" in res.stderr and "Traceback" not in res.stderr
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+def test_a_study_whose_trials_all_failed_says_so_and_exits_non_zero(tmp_path):
+    args = (*FAST, "optimizer=sgd", "optimizer.lr=1e9,1e10", "hydra.sweeper.max_failure_rate=1")
+    assert sweep(tmp_path, *args, "hydra.sweeper.study_name=bad").returncode == 0
+    res = sweep(tmp_path, *args, "hydra.sweeper.study_name=bad")
+    assert res.returncode == 1
+    assert "already has 2 of 2 trials, and all of them failed (diverged)" in res.stderr
+
+
+def test_a_config_error_answers_before_torch_is_imported(tmp_path):
+    code = (
+        "import sys, mlp_sweep.__main__, mlp_sweep.callbacks, mlp_sweep.checks, mlp_sweep.sweeper; "
+        "print('torch' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "False", res.stderr
