@@ -37,7 +37,7 @@ warnings.filterwarnings("ignore", message=".*heartbeat_interval.*", category=opt
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 CONNECT_TIMEOUT = 10  # seconds to reach a database server before giving up
-STATEMENT_TIMEOUT = 60  # seconds one database round trip may take
+STATEMENT_TIMEOUT = 30  # seconds one database round trip may take
 URL_HINT = "use sqlite:///PATH, postgresql://USER@HOST/DB, mysql://USER@HOST/DB, redis://HOST:PORT/DB or journal:PATH"
 DRIVERS = {  # URL scheme -> (SQLAlchemy driver to use when none is named, the package that provides it)
     "postgresql": ("psycopg", "psycopg (pip install 'mlp-sweep[postgres]')"),
@@ -136,7 +136,7 @@ def _rdb(url: str, engine_kwargs: dict, heartbeat_interval: int, grace_period: i
         raise UserError(f"hydra.sweeper.storage={masked(url)!r} needs {package}: {err.__cause__ or err}") from None
     except sqlalchemy.exc.NoSuchModuleError:
         raise UserError(f"hydra.sweeper.storage={masked(url)!r}: unknown database kind; {URL_HINT}") from None
-    except sqlalchemy.exc.OperationalError as err:
+    except sqlalchemy.exc.DBAPIError as err:  # cannot connect, refused login, an option the driver rejects
         reason = scrub(str(err.orig or err).strip().splitlines()[0], url)
         raise UserError(f"cannot use the storage {masked(url)}: {reason}") from None
 
@@ -148,13 +148,13 @@ def _redis(url: str) -> Any:
         raise UserError(f"hydra.sweeper.storage={masked(url)!r} needs redis (pip install 'mlp-sweep[redis]')") from None
     from optuna.storages.journal import JournalRedisBackend
 
-    if "socket_timeout=" not in url:  # a server that accepts and never answers must not hang the sweep
-        sep = "&" if "?" in url else "?"
-        url = f"{url}{sep}socket_connect_timeout={CONNECT_TIMEOUT}&socket_timeout={STATEMENT_TIMEOUT}"
-    try:
-        redis.Redis.from_url(url).ping()  # the backend connects lazily: a dead server should fail here
+    try:  # the backend connects lazily: an unusable server should fail here, within CONNECT_TIMEOUT
+        redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT).ping()
     except (redis.RedisError, ValueError) as err:
         raise UserError(f"cannot use the storage {masked(url)}: {scrub(str(err), url)}") from None
+    if "socket_timeout=" not in url:  # a server that stops answering must not hang the sweep
+        sep = "&" if "?" in url else "?"
+        url = f"{url}{sep}socket_connect_timeout={CONNECT_TIMEOUT}&socket_timeout={STATEMENT_TIMEOUT}"
     return optuna.storages.JournalStorage(JournalRedisBackend(url))
 
 

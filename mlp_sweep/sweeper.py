@@ -441,9 +441,11 @@ class StudySweeper(OptunaSweeperImpl):
 
     def _mask_storage_in_jobs(self) -> None:
         """Jobs are composed from these overrides and write them to .hydra/hydra.yaml: no password."""
+        if masked(self.storage) == str(self.storage):
+            return
         with read_write(self.config.hydra), open_dict(self.config.hydra):
-            overrides = list(self.config.hydra.overrides.hydra)
-            self.config.hydra.overrides.hydra = mask_overrides(overrides)
+            self.config.hydra.overrides.hydra = mask_overrides(list(self.config.hydra.overrides.hydra))
+            self.config.hydra.sweeper.storage = masked(self.storage)  # jobs must agree with it (Hydra checks)
 
     def _sampler_factory(self, grid: dict[str, list] | None) -> Callable[[int], Any]:
         cfg = self.sampler_cfg

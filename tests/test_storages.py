@@ -1,0 +1,148 @@
+"""Storages on real servers (PostgreSQL, MariaDB/MySQL, Redis): sweeps run and resume, passwords
+never leak, a server that never answers fails in bounded time, bad URLs and missing drivers are
+named. The URLs come from the environment, with the local services as defaults; a server that
+cannot be reached skips its tests, except under CI=true, where it fails them."""
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import optuna
+import pytest
+
+from mlp_sweep.storage import masked, open_storage
+
+from .sweeps import FAST, sweep
+
+pytestmark = pytest.mark.slow
+
+SERVERS = {
+    "postgresql": os.environ.get("MLP_SWEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"),
+    "mysql": os.environ.get("MLP_SWEEP_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test"),
+    "redis": os.environ.get("MLP_SWEEP_TEST_REDIS", "redis://127.0.0.1:6379/0"),
+}
+
+
+def server(kind: str) -> str:
+    """The server's URL, once it answers on its port."""
+    url = SERVERS[kind]
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=3).close()
+    except OSError as err:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{kind} server {masked(url)} is expected under CI=true and cannot be reached: {err}")
+        pytest.skip(f"no {kind} server at {masked(url)} ({err}); set MLP_SWEEP_TEST_{kind.upper()}")
+    return url
+
+
+@pytest.fixture
+def study_name():
+    """A study of this test's own on the shared server, deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    for url in SERVERS.values():
+        with contextlib.suppress(Exception):  # not on this server, or the server is absent
+            optuna.delete_study(study_name=name, storage=open_storage(url, 10, None))
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql", "redis"])
+def test_a_sweep_on_a_server_storage_runs_and_resumes(tmp_path, kind, study_name):
+    url = server(kind)
+    args = (*FAST, f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={study_name}", "hydra.sweeper.n_trials=2")
+    res = sweep(tmp_path, *args)
+    assert res.returncode == 0, res.stderr
+    res = sweep(tmp_path, *args)
+    assert res.returncode == 0 and "already has 2 of 2 trials" in res.stdout + res.stderr
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(url, 10, None)).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
+def test_a_password_in_the_url_never_reaches_output_or_files(tmp_path, study_name):
+    parts = urlsplit(server("postgresql"))
+    secret = "S3cret-" + uuid.uuid4().hex[:6]  # the local server trusts any password
+    url = f"{parts.scheme}://{parts.username}:{secret}@{parts.hostname}:{parts.port}{parts.path}"
+    args = (*FAST, f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={study_name}", "hydra.sweeper.n_trials=1")
+    res = sweep(tmp_path, *args)
+    assert res.returncode == 0, res.stderr
+    assert secret not in res.stdout + res.stderr and ":***@" in res.stdout + res.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "hydra.yaml" for p in written)
+    assert not [p for p in written if secret.encode() in p.read_bytes()]
+
+    refused = f"postgresql://someone:{secret}@127.0.0.1:1/nothing"  # nothing listens on port 1
+    res = sweep(tmp_path, *FAST, f"hydra.sweeper.storage={refused}")
+    assert res.returncode == 2 and "cannot use the storage postgresql+psycopg://someone:***@127.0.0.1:1" in res.stderr
+    assert secret not in res.stdout + res.stderr
+
+
+class Silent:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_a_server_that_never_answers_fails_within_a_bounded_time(tmp_path):
+    silent = Silent()
+    urls = {
+        "postgresql": f"postgresql://u:pw@127.0.0.1:{silent.port}/db",
+        "mysql": f"mysql://u:pw@127.0.0.1:{silent.port}/db",
+        "redis": f"redis://127.0.0.1:{silent.port}/0",
+    }
+    try:
+        t0 = time.monotonic()
+        procs = {}
+        for kind, url in urls.items():  # side by side: each waits for its own timeout
+            (tmp_path / kind).mkdir()
+            procs[kind] = subprocess.Popen(
+                [sys.executable, "-m", "mlp_sweep", "-m", *FAST, f"hydra.sweeper.storage={url}"],
+                cwd=tmp_path / kind,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        for kind, proc in procs.items():
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 2, (kind, err)
+            assert "cannot use the storage" in err and "Traceback" not in err, (kind, err)
+            assert ":pw@" not in err
+        assert time.monotonic() - t0 < 60
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("nonsense", "hydra.sweeper.storage='nonsense' is not a storage URL: use sqlite:///PATH"),
+        ("oracle://u:pw@127.0.0.1/db", "hydra.sweeper.storage='oracle://u:***@127.0.0.1/db' needs"),
+        ("'postgresql://u@127.0.0.1:1/db?foo=1'", 'invalid connection option "foo"'),
+    ],
+)
+def test_bad_urls_and_missing_drivers_are_named(tmp_path, url, message):
+    res = sweep(tmp_path, *FAST, f"hydra.sweeper.storage={url}")
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
