@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checks import check, directions, metric_list
 from .errors import UserError, fail
-from .job import current_trial
+from .job import current_trial, reporter_for
 
 log = logging.getLogger("mlp_sweep")
 _PACKAGE = Path(__file__).resolve().parent
@@ -51,6 +51,8 @@ def train_one(cfg: DictConfig) -> float | tuple[float, ...]:
     _seed(cfg.trainer.seed)
     model = build(splits.in_features, splits.n_classes, **cfg.model)
     trial = current_trial()
+    if hydra_cfg.mode == RunMode.MULTIRUN and not cfg.verbose:
+        quiet_console()
     if trial is not None:
         log.info("trial %d of study %s: %s", trial.number, trial.study, " ".join(hydra_cfg.overrides.task))
     log.info(
@@ -63,13 +65,32 @@ def train_one(cfg: DictConfig) -> float | tuple[float, ...]:
         threads,
         f"{sum(p.numel() for p in model.parameters()):,}",
     )
-    metrics = fit(model, splits, instantiate(cfg.optimizer), cfg.trainer, cfg.augment)
+    metrics_names = metric_list(cfg.optimized_metric)
+    reporter = reporter_for(metrics_names[0]) if len(metrics_names) == 1 else None
+    metrics = fit(model, splits, instantiate(cfg.optimizer), cfg.trainer, cfg.augment, on_epoch=reporter)
+    extra = {}
+    if metrics.status == "pruned":
+        logging.getLogger("mlp_sweep.epochs").info("%s", reporter.reason)
+        extra["pruned_reason"] = reporter.reason
     title = " ".join(hydra_cfg.overrides.task) or "defaults"
-    write_outputs(out, metrics, model if cfg.save_model else None, title)
+    write_outputs(out, metrics, model if cfg.save_model else None, title, extra)
     log.info("%s", table(metrics))
     log.info("outputs in %s", out)
     values = tuple(float(getattr(metrics, name)) for name in metric_list(cfg.optimized_metric))
     return values[0] if isinstance(cfg.optimized_metric, str) else values
+
+
+class _JobLinesInFile(logging.Filter):
+    """In a sweep, the console shows the sweeper's lines; the job's own go to its log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith("mlp_sweep")
+
+
+def quiet_console() -> None:
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:  # the console, not the job's log file
+            handler.addFilter(_JobLinesInFile())
 
 
 def _seed(seed: int) -> None:
@@ -88,10 +109,10 @@ def parallel_jobs(hydra_cfg: DictConfig) -> int:
     return max(1, min(workers, int(hydra_cfg.sweeper.get("n_jobs", workers))))
 
 
-def write_outputs(out: Path, metrics: Any, model: Any, title: str) -> None:
+def write_outputs(out: Path, metrics: Any, model: Any, title: str, extra: dict | None = None) -> None:
     from .plots import curves
 
-    (out / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps({**metrics.as_dict(), **(extra or {})}, indent=2) + "\n")
     curves(metrics.history, out / "curves.png", title=title, best_epoch=metrics.best_epoch)
     if model is not None:
         import torch

@@ -35,6 +35,14 @@ def trial_id(trial: Any) -> int:
     return trial._trial_id
 
 
+def live_trial(study: optuna.Study, number: int) -> optuna.Trial:
+    """The live trial a job reports to. Optuna hands out Trial objects only from ask(), in the
+    sweeper's process; the job rebuilds one from the trial's id (the storage's lookup of an id by
+    trial number, which this needs, is not public)."""
+    tid = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    return optuna.Trial(study, tid)
+
+
 def fail_trial(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
     """FAIL a running trial with its reason; False when another process had already finished it."""
     try:

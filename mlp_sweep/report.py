@@ -39,15 +39,26 @@ def rows_from_study(study: Any) -> list[dict[str, Any]]:
                 "number": t.number,
                 "state": t.state.name,
                 "params": dict(t.params),
-                **{k: attrs.get(k) for k in (*SCORES, "epochs_run")},
+                **{k: attrs.get(k) for k in (*SCORES, "epochs_run", "epochs_planned")},
                 "values": list(t.values) if t.values else None,
                 "seconds": attrs.get("seconds"),
                 "fail_reason": attrs.get("fail_reason", ""),
                 "directory": attrs.get("dir", ""),
-                "curves": attrs.get("curves"),
+                "curves": _curves_of(attrs.get("dir"), t.intermediate_values),
             }
         )
     return rows
+
+
+def _curves_of(directory: str | None, intermediate: dict[int, float]) -> dict[str, list[float]] | None:
+    """Per-epoch accuracies: from the trial's metrics.json, else its intermediate values."""
+    if directory:
+        try:
+            history = json.loads((Path(directory) / "metrics.json").read_text())["history"]
+            return {k: [row[k] for row in history] for k in ("train_acc", "val_acc")}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return {"val_acc": [v for _, v in sorted(intermediate.items())]} if intermediate else None
 
 
 def rows_from_dirs(sweep_dir: Path, metrics: list[str] | None = None) -> list[dict[str, Any]]:
@@ -71,7 +82,7 @@ def rows_from_dirs(sweep_dir: Path, metrics: list[str] | None = None) -> list[di
                 "number": int(job.name),
                 "state": "COMPLETE" if ok else "FAIL",
                 "params": params,
-                **{k: m.get(k) for k in (*SCORES, "epochs_run")},
+                **{k: m.get(k) for k in (*SCORES, "epochs_run", "epochs_planned")},
                 "values": [m.get(k) for k in metrics or ["val_acc"]] if ok else None,
                 "seconds": m.get("seconds"),
                 "fail_reason": "" if ok else m.get("status", "no metrics.json"),
@@ -137,7 +148,8 @@ def _finite(v: Any) -> bool:
 def _write_csv(rows: list[dict[str, Any]], path: Path, metrics: list[str]) -> None:
     names = sorted({k for r in rows for k in r["params"]})
     scores = [k for k in SCORES if k not in metrics]
-    head = ["number", "state", *names, *metrics, *scores, "epochs_run", "seconds", "fail_reason", "directory"]
+    head = ["number", "state", *names, *metrics, *scores, "epochs_run", "epochs_planned", "seconds", "fail_reason"]
+    head.append("directory")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(head)
@@ -149,7 +161,7 @@ def _write_csv(rows: list[dict[str, Any]], path: Path, metrics: list[str]) -> No
                     r["state"],
                     *(r["params"].get(n, "") for n in names),
                     *(_blank(v) for v in values),
-                    *(_blank(r.get(k)) for k in (*scores, "epochs_run", "seconds")),
+                    *(_blank(r.get(k)) for k in (*scores, "epochs_run", "epochs_planned", "seconds")),
                     r["fail_reason"],
                     r["directory"],
                 ]
@@ -179,6 +191,13 @@ def _markdown(
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
     lines = [f"# Sweep {title}", "", ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "no trials"]
+    run = sum(r.get("epochs_run") or 0 for r in rows)
+    saved = sum((r.get("epochs_planned") or 0) - (r.get("epochs_run") or 0) for r in rows if r["state"] == "PRUNED")
+    if saved > 0:
+        lines += [
+            "",
+            f"Epochs: {run} run; pruning saved {saved} ({saved / (run + saved):.0%} of what the trials planned).",
+        ]
     goal = ", ".join(f"{d} {m}" for m, d in zip(metrics, directions, strict=True))
     multi = len(metrics) > 1
     order = "the Pareto front first (marked *)" if multi else "best first"

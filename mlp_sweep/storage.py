@@ -58,20 +58,24 @@ def masked(url: Any) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def has_password(url: Any) -> bool:
+    return url is not None and urlsplit(str(url)).password is not None
+
+
 def scrub(message: str, url: Any) -> str:
     """An error text with the URL's password (if any) replaced by ***."""
     password = urlsplit(str(url)).password if url else None
     return message.replace(password, "***") if password else message
 
 
-def open_storage(url: Any, heartbeat_interval: int, grace_period: int | None) -> Any:
+def open_storage(url: Any, heartbeat_interval: int | None, grace_period: int | None, quiet: bool = False) -> Any:
     """An Optuna storage from a URL; None = in memory."""
     if url is None:
         log.warning("hydra.sweeper.storage is null: the study lives in memory and cannot be resumed")
         return None
     url = str(url)
     if url.startswith("journal:"):
-        return _journal_file(Path(url.removeprefix("journal:")))
+        return _journal_file(Path(url.removeprefix("journal:")), quiet)
     if url.startswith(("redis://", "rediss://", "unix://")):
         return _redis(url)
     try:
@@ -158,7 +162,7 @@ def _redis(url: str) -> Any:
     return optuna.storages.JournalStorage(JournalRedisBackend(url))
 
 
-def _journal_file(path: Path) -> Any:
+def _journal_file(path: Path, quiet: bool = False) -> Any:
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
@@ -169,7 +173,8 @@ def _journal_file(path: Path) -> Any:
             repair_journal(path)
         finally:
             lock.release()
-    log.warning("journal storage: trials of a killed sweep cannot be detected as stale")
+    if not quiet:
+        log.warning("journal storage: trials of a killed sweep cannot be detected as stale")
     return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
 
 
@@ -243,6 +248,18 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def absolute(url: Any) -> str | None:
+    """The URL with a relative SQLite or journal path made absolute, for jobs that run elsewhere."""
+    if url is None:
+        return None
+    text = str(url)
+    if text.startswith("journal:"):
+        return "journal:" + str(Path(text.removeprefix("journal:")).absolute())
+    if text.startswith("sqlite:///") and not text.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(text.removeprefix("sqlite:///")).absolute())
+    return text
 
 
 def mask_overrides(overrides: list[str]) -> list[str]:

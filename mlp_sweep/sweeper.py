@@ -31,10 +31,10 @@ from optuna.trial import TrialState
 
 from . import recovery, space
 from .errors import SweepExit, UserError
-from .job import job_overrides
+from .job import IN_PROCESS, STORAGE_ENV, job_overrides
 from .recovery import Heartbeat, counts_toward_target, fail_trial
 from .report import rows_from_study, write_report
-from .storage import mask_overrides, masked, open_storage
+from .storage import absolute, has_password, mask_overrides, masked, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,10 @@ METRIC_ATTRS = (  # what the project's task writes to metrics.json, kept with ea
     "status",
     "seconds",
     "params",
+    "epochs_planned",
 )
+LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core")
+ARTIFACTS = ("curves.png", "metrics.json", ".hydra/config.yaml")  # uploaded for each finished trial
 
 
 class Terminated(KeyboardInterrupt):
@@ -79,9 +82,13 @@ class StudySweeper(OptunaSweeperImpl):
         metric_names: Any = None,
         config_check: str | None = None,
         identity_ignore: Any = (),
+        pruner: Any = None,
+        artifact_dir: str | None = None,
         **stock: Any,
     ) -> None:
         self.sampler_cfg = sampler
+        self.pruner_cfg = pruner
+        self.artifact_dir = artifact_dir
         self.requested_failure_rate = stock["max_failure_rate"]  # checked in sweep(), with a clear message
         stock["max_failure_rate"] = min(1.0, max(0.0, float(stock["max_failure_rate"])))
         super().__init__(sampler=None, **stock)
@@ -98,6 +105,8 @@ class StudySweeper(OptunaSweeperImpl):
 
     def sweep(self, arguments: list[str]) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep logs its own lines
+        for name in LAUNCHER_LOGGERS:  # "Launching 1 jobs locally" and each job's overrides: ours say more
+            logging.getLogger(name).setLevel(logging.WARNING)
         plan = self._plan(arguments)
         study = self._open(plan)
         heartbeat = Heartbeat(plan.storage, self.heartbeat_interval)
@@ -125,6 +134,12 @@ class StudySweeper(OptunaSweeperImpl):
         identity = space.identity(self.config, sp, directions, self.metric_names, self.identity_ignore)
         name = self._study_name(sp, identity)
         storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period)
+        if storage is None and type(self.launcher).__name__ != "BasicLauncher":
+            raise UserError(
+                f"hydra.sweeper.storage=null keeps the study in this process, where the jobs of "
+                f"{type(self.launcher).__name__} cannot report to it: give a storage, e.g. "
+                "hydra.sweeper.storage=sqlite:///outputs/optuna.db"
+            )
         stored = _load(name, storage)
         space.check_against_stored(stored, sp)
         space.check_identity(stored, identity, masked(self.storage))
@@ -152,9 +167,14 @@ class StudySweeper(OptunaSweeperImpl):
             study_name=plan.name,
             storage=plan.storage,
             sampler=plan.make_sampler(0),
+            pruner=self._pruner(),
             directions=list(plan.identity.directions),
             load_if_exists=True,
         )
+        if plan.storage is None:
+            IN_PROCESS[plan.name] = study  # jobs in this process report to it directly
+        elif has_password(self.storage):
+            os.environ[STORAGE_ENV] = absolute(self.storage)  # inherited by local jobs, never written to files
         if not any(k.startswith(space.FIXED_PREFIX) for k in study.user_attrs):
             for key, value in {**plan.identity.attrs(), **self._context()}.items():
                 study.set_user_attr(key, value)
@@ -172,7 +192,23 @@ class StudySweeper(OptunaSweeperImpl):
         log.info("trial directories under %s", plan.sweep_dir)
         for params in plan.queued:  # once per study: a trial with these params is not queued again
             study.enqueue_trial(params, skip_if_exists=True)
+        if self.artifact_dir:
+            Path(self.artifact_dir).mkdir(parents=True, exist_ok=True)
         return study
+
+    def _pruner(self) -> Any:
+        if self.pruner_cfg is None:
+            return optuna.pruners.NopPruner()
+        return instantiate(self.pruner_cfg, _execution_whitelist_=("optuna.pruners.*",))
+
+    def _job_channel(self) -> tuple[str | None, str | None]:
+        """What each job gets to report its epochs: the storage URL (unless it holds a password, which
+        travels in the environment instead) and the pruner's config."""
+        storage = None if has_password(self.storage) else absolute(self.storage)
+        pruner = None
+        if self.pruner_cfg is not None:
+            pruner = json.dumps(OmegaConf.to_container(self.pruner_cfg, resolve=True))
+        return storage, pruner
 
     def _context(self) -> dict[str, str]:
         """Study user attributes a person reviewing the study wants (each short)."""
@@ -266,7 +302,7 @@ class StudySweeper(OptunaSweeperImpl):
             jobs.append(
                 (
                     *overrides,
-                    *job_overrides(study.study_name, trial.number),
+                    *job_overrides(study.study_name, trial.number, *self._job_channel()),
                     f"hydra.sweep.dir={plan.sweep_dir}",
                     f"hydra.sweep.subdir={trial.number}",
                 )
@@ -293,12 +329,17 @@ class StudySweeper(OptunaSweeperImpl):
         try:
             metrics = read_metrics(job_dir)
             record_metrics(trial, metrics, job_dir)
-            values, reason = self._values(ret, metrics)
-            if reason:
+            state, values, reason = self._outcome(ret, metrics)
+            self._upload(trial, job_dir)
+            if state == TrialState.FAIL:
                 if not fail_trial(study, trial, reason):
                     raise optuna.exceptions.UpdateFinishedTrialError(reason)
                 log.warning("trial %d failed after %.1f s: %s", trial.number, seconds, reason)
                 return reason
+            if state == TrialState.PRUNED:
+                _tell(study, trial, None, TrialState.PRUNED)
+                log.info("trial %d %s (%s)", trial.number, reason, _params(trial.params))
+                return None
             _tell(study, trial, values)
         except optuna.exceptions.UpdateFinishedTrialError:
             log.warning(
@@ -308,7 +349,7 @@ class StudySweeper(OptunaSweeperImpl):
             )
             return None
         except Exception as err:  # the storage or the file system failed around this one trial
-            reason = f"{type(err).__name__}: {err}"[:500]
+            reason = _one_line(f"{type(err).__name__}: {err}")
             fail_trial(study, trial, reason)
             log.warning("trial %d failed: %s", trial.number, reason)
             return reason
@@ -322,27 +363,45 @@ class StudySweeper(OptunaSweeperImpl):
         )
         return None
 
-    def _values(self, ret: Any, metrics: dict[str, Any]) -> tuple[list[float] | None, str | None]:
-        """The objective values a job returned, or why it failed."""
+    def _outcome(self, ret: Any, metrics: dict[str, Any]) -> tuple[TrialState, list[float] | None, str]:
+        """How a job ended: COMPLETE with its values, PRUNED, or FAIL with the reason."""
         if isinstance(ret, BaseException):
-            return None, f"{type(ret).__name__}: {ret}"[:500]
+            return TrialState.FAIL, None, _one_line(f"{type(ret).__name__}: {ret}")
         try:
             value = ret.return_value
+        except optuna.TrialPruned as err:  # an app that prunes itself
+            return TrialState.PRUNED, None, f"pruned: {err}" if str(err) else "pruned"
         except Exception as err:  # the task's own exception, re-raised by JobReturn
-            return None, f"{type(err).__name__}: {err}"[:500]
-        if metrics.get("status", "ok") != "ok":
-            return None, str(metrics["status"])
+            return TrialState.FAIL, None, _one_line(f"{type(err).__name__}: {err}")
+        status = metrics.get("status", "ok")
+        if status == "pruned":
+            return TrialState.PRUNED, None, str(metrics.get("pruned_reason") or "pruned")
+        if status != "ok":
+            return TrialState.FAIL, None, str(status)
         n = len(self._get_directions())
         many = not isinstance(value, (str, bytes)) and hasattr(value, "__len__")
         try:
             values = [float(v) for v in value] if many else [float(value)]
         except (TypeError, ValueError):
-            return None, f"the task returned {value!r}: not a number" + ("s" if n > 1 else "")
+            return TrialState.FAIL, None, f"the task returned {value!r}: not a number" + ("s" if n > 1 else "")
         if len(values) != n or (n == 1 and many):
-            return None, f"the task returned {len(values) if many else 1} value(s) for {n} direction(s): {value!r}"
+            count = len(values) if many else 1
+            return TrialState.FAIL, None, f"the task returned {count} value(s) for {n} direction(s): {value!r}"
         if not all(map(math.isfinite, values)):
-            return None, f"non-finite result {value!r}"
-        return values, None
+            return TrialState.FAIL, None, f"non-finite result {value!r}"
+        return TrialState.COMPLETE, values, ""
+
+    def _upload(self, trial: optuna.Trial, job_dir: Path) -> None:
+        """The trial's files, for the dashboard (optuna-dashboard ... --artifact-dir DIR)."""
+        if not self.artifact_dir:
+            return
+        from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+        store = FileSystemArtifactStore(self.artifact_dir)
+        for name in ARTIFACTS:
+            path = job_dir / name
+            if path.is_file():
+                upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
 
     def _interrupted(self, study: optuna.Study, plan: Plan, heartbeat: Heartbeat, code: int) -> None:
         """Ctrl-C or SIGTERM: keep what finished, fail and requeue the rest, then summarize. The
@@ -392,8 +451,10 @@ class StudySweeper(OptunaSweeperImpl):
         trials = study.get_trials(deepcopy=False)
         done = sum(map(counts_toward_target, trials))
         failed = sum(t.state == TrialState.FAIL and counts_toward_target(t) for t in trials)
+        pruned = sum(t.state == TrialState.PRUNED for t in trials)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        note = f" ({failed} failed)" if failed else ""
+        notes = [f"{n} {what}" for n, what in ((pruned, "pruned"), (failed, "failed")) if n]
+        note = f" ({', '.join(notes)})" if notes else ""
         best = ""
         if complete and len(study.directions) == 1:
             b = study.best_trial
@@ -441,7 +502,7 @@ class StudySweeper(OptunaSweeperImpl):
 
     def _mask_storage_in_jobs(self) -> None:
         """Jobs are composed from these overrides and write them to .hydra/hydra.yaml: no password."""
-        if masked(self.storage) == str(self.storage):
+        if not has_password(self.storage):
             return
         with read_write(self.config.hydra), open_dict(self.config.hydra):
             self.config.hydra.overrides.hydra = mask_overrides(list(self.config.hydra.overrides.hydra))
@@ -486,9 +547,9 @@ def optimization_results(study: optuna.Study, sweep_dir: Path) -> dict[str, Any]
     }
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, values: list[float]) -> None:
+def _tell(study: optuna.Study, trial: optuna.Trial, values: list[float] | None, state: Any = None) -> None:
     try:
-        study.tell(trial, values)
+        study.tell(trial, values, state=state)
     except RuntimeError as err:  # GridSampler stops the study when its grid is used up; the trial is told
         if "Study.stop" not in str(err):
             raise
@@ -523,17 +584,17 @@ def read_metrics(job_dir: Path) -> dict[str, Any]:
 
 
 def record_metrics(trial: optuna.Trial, metrics: dict[str, Any], job_dir: Path) -> None:
-    """Keep what the report needs in the storage itself, so it can be rebuilt without the files."""
+    """Keep what the report needs in the storage itself (short values: the dashboard shows 1024
+    characters); per-epoch curves are the intermediate values and the metrics.json artifact."""
     trial.set_user_attr("dir", str(job_dir))
     for key in METRIC_ATTRS:
         if key in metrics:
-            trial.set_user_attr(key, metrics[key])
-    if metrics.get("history"):
-        curves = {
-            k: [round(row[k], 4) for row in metrics["history"]]
-            for k in ("train_loss", "val_loss", "train_acc", "val_acc")
-        }
-        trial.set_user_attr("curves", curves)
+            value = metrics[key]
+            trial.set_user_attr(key, round(value, 5) if isinstance(value, float) else value)
+
+
+def _one_line(reason: str) -> str:
+    return " ".join(reason.split())[:500]
 
 
 def _params(params: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from .augment import Batcher
 from .data import Splits
 
 log = logging.getLogger(__name__)
+epoch_log = logging.getLogger("mlp_sweep.epochs")  # one line an epoch; a sweep keeps them in each trial's log file
 
 EVAL_BATCH = 4096  # images per forward pass when evaluating
 
@@ -31,7 +32,8 @@ class Metrics:
     val_loss: float
     best_epoch: int  # 1-based; 0 = no epoch finished (diverged at once)
     epochs_run: int
-    status: str  # "ok" | "diverged"
+    epochs_planned: int  # trainer.epochs: what pruning or early stopping saved is the difference
+    status: str  # "ok" | "diverged" | "pruned"
     seconds: float  # whole fit, evaluation included
     images_per_second: float  # training images per second of training steps
     params: int  # trainable parameters of the model
@@ -60,9 +62,10 @@ def fit(
     make_optimizer: Callable[..., torch.optim.Optimizer],
     trainer: Any,
     augmentation: Any,
-    report: Callable[[str], None] = log.info,
+    on_epoch: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> Metrics:
-    """Train, keep the best epoch by val accuracy, restore it, and measure train/val/test."""
+    """Train, keep the best epoch by val accuracy, restore it, and measure train/val/test.
+    `on_epoch(epoch, row) -> keep going?` hears of every epoch (a sweep's pruning channel)."""
     start = time.perf_counter()
     device = splits.x_train.device
     model.to(device)
@@ -117,13 +120,22 @@ def fit(
         improved = val_acc > best_acc
         if improved:
             best_acc, best_epoch, best_state = val_acc, epoch, _snapshot(model)
-        report(
-            f"epoch {epoch:3d}/{trainer.epochs}  train loss {train_loss:.4f} acc {row['train_acc']:6.2%}"
-            f"  val loss {val_loss:.4f} acc {val_acc:6.2%}{' *' if improved else '  '}"
-            f"  {row['images_per_second']:8,.0f} img/s"
+        epoch_log.info(
+            "epoch %3d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%%s  %8s img/s",
+            epoch,
+            trainer.epochs,
+            train_loss,
+            100 * row["train_acc"],
+            val_loss,
+            100 * val_acc,
+            " *" if improved else "  ",
+            f"{row['images_per_second']:,.0f}",
         )
+        if on_epoch is not None and not on_epoch(epoch, row):
+            status = "pruned"
+            break
         if trainer.patience and epoch - best_epoch >= trainer.patience:
-            report(f"early stop: no better val_acc for {trainer.patience} epochs; best epoch {best_epoch}")
+            epoch_log.info("early stop: no better val_acc for %d epochs; best epoch %d", trainer.patience, best_epoch)
             break
 
     model.load_state_dict(best_state)
@@ -135,6 +147,7 @@ def fit(
         val_loss=val_loss,
         best_epoch=best_epoch,
         epochs_run=len(history) + (status == "diverged"),
+        epochs_planned=int(trainer.epochs),
         status=status,
         seconds=time.perf_counter() - start,
         images_per_second=images_seen / train_seconds if train_seconds else 0.0,

@@ -34,8 +34,10 @@ def test_dashboard_reads_a_sweeps_study(tmp_path):
     res = run_cli("-m", "data=digits", "trainer.epochs=2", "hydra.sweeper.n_trials=3", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     port = free_port()
+    # the README's command
+    command = [exe, f"sqlite:///{tmp_path}/outputs/optuna.db", "--artifact-dir", f"{tmp_path}/outputs/artifacts"]
     server = subprocess.Popen(
-        [exe, f"sqlite:///{tmp_path}/outputs/optuna.db", "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+        [*command, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -57,6 +59,14 @@ def test_dashboard_reads_a_sweeps_study(tmp_path):
         assert [t["number"] for t in trials] == [0, 1, 2]
         assert all(t["state"] == "Complete" and len(t["values"]) == 1 for t in trials)
         assert {p["name"] for p in trials[0]["params"]} >= {"optimizer.lr", "model.hidden_size"}
+        assert detail["objective_names"] == ["val_acc"]  # not "Objective 0"
+        for trial in trials:  # per-epoch values, and the trial's files
+            assert [v["step"] for v in trial["intermediate_values"]] == [1, 2]
+            assert {a["filename"] for a in trial["artifacts"]} == {"curves.png", "metrics.json", "config.yaml"}
+        [artifact] = [a for a in trials[0]["artifacts"] if a["filename"] == "metrics.json"]
+        url = f"{base}/artifacts/{summary['study_id']}/{trials[0]['trial_id']}/{artifact['artifact_id']}"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert json.loads(r.read())["val_acc"] == trials[0]["values"][0]
     finally:
         server.terminate()
         server.wait(timeout=10)

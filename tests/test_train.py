@@ -19,7 +19,6 @@ def run(cfg):
         instantiate(cfg.optimizer, _execution_whitelist_=("torch.optim.*",)),
         cfg.trainer,
         cfg.augment,
-        report=lambda s: None,
     )
     return model, splits, metrics
 
@@ -98,3 +97,21 @@ def test_same_seed_same_result(cfg_of):
     assert run(cfg)[2].history[-1]["val_loss"] == first
     other = run(cfg_of("data=digits", "trainer.epochs=2", "augment=flip_crop", "trainer.seed=1"))[2]
     assert other.history[-1]["val_loss"] != first
+
+
+def test_a_callback_that_says_stop_prunes_the_run_and_keeps_the_best_weights(cfg_of):
+    cfg = cfg_of("data=digits", "trainer.epochs=10", "trainer.patience=0")
+    seen = []
+
+    def on_epoch(epoch, row):
+        seen.append((epoch, row["val_acc"]))
+        return epoch < 3
+
+    splits = data.load(cfg.data, cfg.data_size, cfg.trainer.seed, "cpu")
+    torch.manual_seed(0)
+    model = build(splits.in_features, splits.n_classes, **cfg.model)
+    optimizer = instantiate(cfg.optimizer, _execution_whitelist_=("torch.optim.*",))
+    m = fit(model, splits, optimizer, cfg.trainer, cfg.augment, on_epoch=on_epoch)
+    assert [e for e, _ in seen] == [1, 2, 3] and [row["epoch"] for row in m.history] == [1, 2, 3]
+    assert m.status == "pruned" and m.epochs_run == 3 and m.epochs_planned == 10
+    assert m.val_acc == pytest.approx(max(v for _, v in seen))

@@ -17,12 +17,53 @@ from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
+
+
+# The pruner group, chosen like the sampler: hydra/sweeper/pruner=median (keys as Optuna's own).
+@dataclass
+class NopPrunerConf:
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class MedianPrunerConf:
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 5  # trials that run to the end before any is pruned
+    n_warmup_steps: int = 0  # epochs a trial runs before it may be pruned
+    interval_steps: int = 1
+    n_min_trials: int = 1  # trials that must have reported an epoch before it is compared
+
+
+@dataclass
+class PercentilePrunerConf(MedianPrunerConf):
+    _target_: str = "optuna.pruners.PercentilePruner"
+    percentile: float = 25.0  # keep trials in the best 25 % at each epoch
+
+
+@dataclass
+class SuccessiveHalvingPrunerConf:
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"  # epochs of the first rung
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+    bootstrap_count: int = 0
+
+
+@dataclass
+class HyperbandPrunerConf:
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1
+    max_resource: Any = "auto"  # epochs of a full trial ("auto": the most any trial reported)
+    reduction_factor: int = 3
+    bootstrap_count: int = 0
 
 
 @dataclass
 class MlpSweepSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.mlp_sweep_sweeper.mlp_sweep_sweeper.MlpSweepSweeper"
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
+    pruner: Any = MISSING  # hydra/sweeper/pruner=none|median|percentile|successive_halving|hyperband
     n_jobs: int = 1  # trials launched at once; >1 only pays with a parallel launcher (joblib)
     max_failure_rate: float = 0.5  # share of this run's trials allowed to fail before the sweep stops
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (RDB storages)
@@ -36,9 +77,21 @@ class MlpSweepSweeperConf(OptunaSweeperConf):
     config_check: str | None = None
     # config keys that do not change an experiment (devices, threads): a rerun may differ in them
     identity_ignore: list[str] = field(default_factory=list)
+    # where each finished trial's curves.png, metrics.json and .hydra/config.yaml are uploaded
+    # (an Optuna artifact store for the dashboard); null: none
+    artifact_dir: str | None = None
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="mlp_sweep", node=MlpSweepSweeperConf, provider="mlp_sweep")
+_store = ConfigStore.instance()
+_store.store(group="hydra/sweeper", name="mlp_sweep", node=MlpSweepSweeperConf, provider="mlp_sweep")
+for _name, _node in {
+    "none": NopPrunerConf,
+    "median": MedianPrunerConf,
+    "percentile": PercentilePrunerConf,
+    "successive_halving": SuccessiveHalvingPrunerConf,
+    "hyperband": HyperbandPrunerConf,
+}.items():
+    _store.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="mlp_sweep")
 
 
 class MlpSweepSweeper(Sweeper):
