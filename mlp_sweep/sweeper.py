@@ -29,7 +29,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 from omegaconf import OmegaConf, open_dict, read_write
 from optuna.trial import TrialState
 
-from . import recovery, space
+from . import recovery, space, staged
 from .errors import SweepExit, UserError
 from .job import IN_PROCESS, STORAGE_ENV, job_overrides
 from .recovery import Heartbeat, counts_toward_target, fail_trial
@@ -70,6 +70,7 @@ class Plan:
     sweep_dir: Path
     make_sampler: Callable[[int], Any]  # seed offset -> sampler
     queued: tuple[dict, ...]
+    train_images: int | None = None  # a stage's data size, for the staged report
 
 
 class StudySweeper(OptunaSweeperImpl):
@@ -84,8 +85,10 @@ class StudySweeper(OptunaSweeperImpl):
         identity_ignore: Any = (),
         pruner: Any = None,
         artifact_dir: str | None = None,
+        stages: Any = None,
         **stock: Any,
     ) -> None:
+        self.stages = list(stages or ())
         self.sampler_cfg = sampler
         self.pruner_cfg = pruner
         self.artifact_dir = artifact_dir
@@ -100,6 +103,7 @@ class StudySweeper(OptunaSweeperImpl):
         self.identity_ignore = list(identity_ignore or ())
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.in_flight: dict[int, optuna.Trial] = {}
+        self.sweep_dir_template: str | None = None
 
     # -- the sweep ---------------------------------------------------------------------------
 
@@ -107,7 +111,12 @@ class StudySweeper(OptunaSweeperImpl):
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep logs its own lines
         for name in LAUNCHER_LOGGERS:  # "Launching 1 jobs locally" and each job's overrides: ours say more
             logging.getLogger(name).setLevel(logging.WARNING)
-        plan = self._plan(arguments)
+        if self.stages:
+            self._sweep_stages(arguments)
+            return
+        self._sweep(self._plan(arguments))
+
+    def _sweep(self, plan: Plan) -> optuna.Study:
         study = self._open(plan)
         heartbeat = Heartbeat(plan.storage, self.heartbeat_interval)
         try:
@@ -116,8 +125,33 @@ class StudySweeper(OptunaSweeperImpl):
         finally:
             heartbeat.stop()
         self._finish(study, plan)
+        return study
 
-    def _plan(self, arguments: list[str]) -> Plan:
+    def _sweep_stages(self, arguments: list[str]) -> None:
+        """One study per stage; each after the first searches the space its predecessor's best
+        trials narrowed. A rerun resumes the unfinished stage; finished ones have nothing to run."""
+        stages = staged.parse_stages(self.stages)
+        base = self.study_name or str(self.config.hydra.job.name)
+        rows, kept = [], None
+        for i, stage in enumerate(stages):
+            plan = self._plan(arguments, stage=stage, kept=kept, name=f"{base}-{stage.suffix}")
+            log.info("stage %d of %d (%s): study %s", i + 1, len(stages), stage.suffix, plan.name)
+            study = self._sweep(plan)
+            kept = staged.kept_trials(study, stage.keep) if i + 1 < len(stages) else None
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            rows.append(
+                {
+                    "stage": stage.suffix,
+                    "study": plan.name,
+                    "trials": len(complete),
+                    "best": study.best_trial if complete else None,
+                    "space": staged.space_attrs(plan.space.distributions),
+                    "train_images": plan.train_images,
+                }
+            )
+        print(staged.report(rows, plan.sweep_dir.parent / base))
+
+    def _plan(self, arguments: list[str], stage: Any = None, kept: Any = None, name: str | None = None) -> Plan:
         space.check_settings(self.n_trials, self.n_jobs, self.requested_failure_rate, self.heartbeat_interval)
         directions = self._get_directions()
         if self.metric_names and len(self.metric_names) != len(directions):
@@ -127,12 +161,19 @@ class StudySweeper(OptunaSweeperImpl):
             )
         self._process_searchspace_config()
         sp = space.parse(self._parse_sweeper_params_config(), arguments)
-        check = instantiate({"_target_": self.config_check, "_partial_": True}) if self.config_check else None
         loader = self.hydra_context.config_loader
-        space.check_values(sp, self.config, loader.get_group_options, check)
-        queued = [] if sp.adhoc else space.check_enqueued(self.enqueue_trials, sp)
-        identity = space.identity(self.config, sp, directions, self.metric_names, self.identity_ignore)
-        name = self._study_name(sp, identity)
+        config, queue = self.config, self.enqueue_trials
+        if stage is not None:  # the stage's overrides go to every trial; its config defines the study
+            dists = sp.distributions if kept is None else staged.narrow(sp.distributions, kept)
+            sp = space.Space(dists, {**sp.fixed, **stage.overrides}, sp.fixed_overrides, sp.adhoc, None)
+            fixed = [o.input_line for o in space._parse(arguments, "command line") if not o.is_sweep_override()]
+            config = loader.load_sweep_config(self.config, [*fixed, *(f"{k}={v}" for k, v in stage.overrides.items())])
+            queue = self.enqueue_trials if kept is None else [dict(t.params) for t in kept]
+        check = instantiate({"_target_": self.config_check, "_partial_": True}) if self.config_check else None
+        space.check_values(sp, config, loader.get_group_options, check)
+        queued = [] if sp.adhoc else space.check_enqueued(queue, sp)
+        identity = space.identity(config, sp, directions, self.metric_names, self.identity_ignore)
+        name = name or self._study_name(sp, identity)
         storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period)
         if storage is None and type(self.launcher).__name__ != "BasicLauncher":
             raise UserError(
@@ -143,7 +184,7 @@ class StudySweeper(OptunaSweeperImpl):
         stored = _load(name, storage)
         space.check_against_stored(stored, sp)
         space.check_identity(stored, identity, masked(self.storage))
-        n_trials = self.n_trials
+        n_trials = stage.n_trials if stage is not None else self.n_trials
         named = any(o.startswith("hydra.sweeper.n_trials=") for o in self.config.hydra.overrides.hydra)
         grid = sp.grid
         if grid is None and _is_grid_config(self.sampler_cfg):  # the stock grid sampler: the grid is the space
@@ -160,6 +201,7 @@ class StudySweeper(OptunaSweeperImpl):
             sweep_dir=self._sweep_dir(name),
             make_sampler=self._sampler_factory(grid),
             queued=tuple(queued),
+            train_images=OmegaConf.select(config, "data_size.train", default=None),
         )
 
     def _open(self, plan: Plan) -> optuna.Study:
@@ -176,7 +218,10 @@ class StudySweeper(OptunaSweeperImpl):
         elif has_password(self.storage):
             os.environ[STORAGE_ENV] = absolute(self.storage)  # inherited by local jobs, never written to files
         if not any(k.startswith(space.FIXED_PREFIX) for k in study.user_attrs):
-            for key, value in {**plan.identity.attrs(), **self._context()}.items():
+            context = {**plan.identity.attrs(), **self._context()}
+            if self.stages:
+                context.update(staged.space_attrs(plan.space.distributions))
+            for key, value in context.items():
                 study.set_user_attr(key, value)
         if plan.identity.metric_names and not study.metric_names:
             with _quiet_experimental():
@@ -493,7 +538,11 @@ class StudySweeper(OptunaSweeperImpl):
 
     def _sweep_dir(self, name: str) -> Path:
         """hydra.sweep.dir, resolved with this study's name (it may interpolate the study name)."""
-        copy = OmegaConf.create({"hydra": OmegaConf.to_container(self.config.hydra, resolve=False)})
+        hydra = OmegaConf.to_container(self.config.hydra, resolve=False)
+        if self.sweep_dir_template is None:  # kept unresolved: each stage of a staged search resolves it anew
+            self.sweep_dir_template = hydra["sweep"]["dir"]
+        copy = OmegaConf.create({"hydra": hydra})
+        copy.hydra.sweep.dir = self.sweep_dir_template
         copy.hydra.sweeper.study_name = name
         path = Path(str(copy.hydra.sweep.dir)).absolute()
         with read_write(self.config.hydra), open_dict(self.config.hydra):

@@ -80,6 +80,9 @@ class MlpSweepSweeperConf(OptunaSweeperConf):
     # where each finished trial's curves.png, metrics.json and .hydra/config.yaml are uploaded
     # (an Optuna artifact store for the dashboard); null: none
     artifact_dir: str | None = None
+    # the course's staged search: [{data_size: 1k, n_trials: 16, keep: 0.25}, ...]; each stage is a
+    # study of its own whose space the previous stage's best `keep` share narrowed
+    stages: list[Any] = field(default_factory=list)
 
 
 _store = ConfigStore.instance()
