@@ -77,10 +77,10 @@ def check_settings(n_trials: Any, n_jobs: Any, failure_rate: Any, heartbeat_inte
 def parse(preset: list[str], arguments: list[str]) -> Space:
     """The search space from the preset's params and the command line. Sweeps on the command line
     replace the preset's params (what you type is what varies, as in Hydra's multirun)."""
-    parsed_args = _parse(arguments, "command line")
+    parsed_args = parse_overrides(arguments, "command line")
     adhoc = any(o.is_sweep_override() for o in parsed_args)
     lines = arguments if adhoc else [*preset, *arguments]
-    parsed = _parse(lines, "sweep")
+    parsed = parse_overrides(lines, "sweep")
     for line, override in zip(lines, parsed, strict=True):  # one at a time, so an error names its key
         _check_int_interval(line, override)
         try:
@@ -231,7 +231,7 @@ def identity(config: DictConfig, space: Space, directions: list[str], metric_nam
             continue
         text = json.dumps(value) if not isinstance(value, str) else value
         fixed[key] = text if len(text) <= MAX_ATTR else "sha1:" + hashlib.sha1(text.encode()).hexdigest()
-    names = None if metric_names is None else tuple(_as_list(metric_names))
+    names = None if metric_names is None else tuple(as_list(metric_names))
     return Identity(tuple(d.lower() for d in directions), names, fixed)
 
 
@@ -275,7 +275,7 @@ def _flatten(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, node)]
 
 
-def _as_list(value: Any) -> list:
+def as_list(value: Any) -> list:
     if value is None:
         return []
     if isinstance(value, (str, int, float)):
@@ -283,7 +283,7 @@ def _as_list(value: Any) -> list:
     return list(value)
 
 
-def _parse(lines: list[str], where: str) -> list:
+def parse_overrides(lines: list[str], where: str) -> list:
     try:
         return OverridesParser.create().parse_overrides(lines)
     except Exception as err:

@@ -98,7 +98,7 @@ class StudySweeper(OptunaSweeperImpl):
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.enqueue_trials = [dict(p) for p in enqueue_trials or ()]
-        self.metric_names = space._as_list(metric_names) or None
+        self.metric_names = space.as_list(metric_names) or None
         self.config_check = config_check
         self.identity_ignore = list(identity_ignore or ())
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -166,8 +166,10 @@ class StudySweeper(OptunaSweeperImpl):
         if stage is not None:  # the stage's overrides go to every trial; its config defines the study
             dists = sp.distributions if kept is None else staged.narrow(sp.distributions, kept)
             sp = space.Space(dists, {**sp.fixed, **stage.overrides}, sp.fixed_overrides, sp.adhoc, None)
-            fixed = [o.input_line for o in space._parse(arguments, "command line") if not o.is_sweep_override()]
-            config = loader.load_sweep_config(self.config, [*fixed, *(f"{k}={v}" for k, v in stage.overrides.items())])
+            parsed = space.parse_overrides(arguments, "command line")
+            overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
+            overrides += [f"{k}={v}" for k, v in stage.overrides.items()]
+            config = loader.load_sweep_config(self.config, overrides)
             queue = self.enqueue_trials if kept is None else [dict(t.params) for t in kept]
         check = instantiate({"_target_": self.config_check, "_partial_": True}) if self.config_check else None
         space.check_values(sp, config, loader.get_group_options, check)
