@@ -111,7 +111,7 @@ def report(rows: list[dict[str, Any]], out: Path) -> str:
     lines = [
         "# Staged search",
         "",
-        "| stage | study | trials | best trial | train | validation | test | space searched |",
+        "| stage | study | complete trials | best trial | train | validation | test | space searched |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:

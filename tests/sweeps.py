@@ -14,8 +14,15 @@ from optuna.trial import TrialState
 from .conftest import run_cli
 
 FAST = ("data=digits", "trainer.epochs=2")
-# a trial of some seconds: long enough to signal while it trains, short enough to rerun
-LONG = ("data=digits", "trainer.patience=0", "trainer.epochs=400", "hydra.sweeper.study_name=long")
+# a trial of some seconds: long enough to signal while it trains, short enough to rerun; pruning
+# stays on, with a pruner that cannot stop anyone among these few trials (five finish first)
+LONG = (
+    "data=digits",
+    "trainer.patience=0",
+    "trainer.epochs=400",
+    "hydra/sweeper/pruner=median",
+    "hydra.sweeper.study_name=long",
+)
 BEAT = ("hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
 
 

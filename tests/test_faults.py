@@ -143,7 +143,8 @@ def test_a_full_disk_fails_trials_with_the_reason_and_stops_cleanly(tmp_path):
 
 
 def test_a_worker_suspended_past_the_grace_period_and_resumed_exits_cleanly(tmp_path):
-    args = ("data=digits", "trainer.patience=0", "trainer.epochs=150", "hydra.sweeper.study_name=susp", *BEAT)
+    args = ("data=digits", "trainer.patience=0", "trainer.epochs=150", "hydra/sweeper/pruner=median", *BEAT)
+    args = (*args, "hydra.sweeper.study_name=susp")
     first = start(tmp_path, *args, "hydra.sweeper.n_trials=1")
     wait_running(tmp_path, "susp", 0)
     first.send_signal(signal.SIGSTOP)

@@ -75,6 +75,21 @@ def test_pruning_through_the_joblib_launcher(tmp_path):
     assert any(t.state == TrialState.PRUNED for t in trials)
 
 
+def test_epochs_are_reported_from_submitit_jobs(tmp_path):
+    args = ("data=digits", "trainer.epochs=6", "trainer.patience=0", *PRUNE_EARLY, "hydra.sweeper.study_name=s")
+    res = sweep(
+        tmp_path,
+        *args,
+        "hydra/launcher=submitit_local",
+        "optimizer.lr=choice(1e-3,1e-8)",
+        "model.hidden_size=32,64",
+    )
+    assert res.returncode == 0, res.stderr
+    trials = study(tmp_path, "s").trials
+    assert len(trials) == 4
+    assert all(len(t.intermediate_values) == t.user_attrs["epochs_run"] > 0 for t in trials)
+
+
 def test_an_in_memory_study_with_an_out_of_process_launcher_is_refused(tmp_path):
     res = sweep(tmp_path, "data=digits", "hydra/launcher=joblib", "hydra.sweeper.storage=null")
     assert res.returncode == 2 and "cannot report to it: give a storage" in res.stderr
