@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checks import check, directions, metric_list
 from .errors import UserError, fail
-from .job import current_trial, reporter_for
+from .job import cores, current_trial, reporter_for
 
 log = logging.getLogger("mlp_sweep")
 _PACKAGE = Path(__file__).resolve().parent
@@ -100,13 +99,21 @@ def _seed(seed: int) -> None:
 
 
 def parallel_jobs(hydra_cfg: DictConfig) -> int:
-    """Jobs running at once in this sweep: the launcher's workers (-1 = one per core), at most the
-    trials the sweeper hands out at a time; 1 for a single run or the sequential launcher."""
-    if hydra_cfg.mode != RunMode.MULTIRUN or "n_jobs" not in hydra_cfg.launcher:
+    """Jobs sharing this machine's cores in this sweep: the launcher's workers (-1 = one per core)
+    or, for launchers without a worker count (ray, submitit_local), the sweeper's n_jobs; at most
+    the trials the sweeper runs at a time. 1 for a single run, the sequential basic launcher, and
+    SLURM jobs (each has its own allocation)."""
+    if hydra_cfg.mode != RunMode.MULTIRUN:
         return 1
-    workers = int(hydra_cfg.launcher.n_jobs)
-    workers = (os.cpu_count() or 1) if workers < 0 else workers
-    return max(1, min(workers, int(hydra_cfg.sweeper.get("n_jobs", workers))))
+    launcher, at_once = hydra_cfg.launcher, int(hydra_cfg.sweeper.get("n_jobs", 1) or 1)
+    target = str(launcher.get("_target_", ""))
+    if target.endswith(("BasicLauncher", "SlurmLauncher")):
+        return 1
+    if "n_jobs" not in launcher:
+        return max(1, at_once)
+    workers = int(launcher.n_jobs)
+    workers = cores() if workers < 0 else workers
+    return max(1, min(workers, at_once))
 
 
 def write_outputs(out: Path, metrics: Any, model: Any, title: str, extra: dict | None = None) -> None:

@@ -23,6 +23,29 @@ STUDY_ENV = "MLP_SWEEP_STUDY"
 STORAGE_ENV = "MLP_SWEEP_STORAGE"  # absolute storage URL; unset for an in-memory study
 PRUNER_ENV = "MLP_SWEEP_PRUNER"  # the pruner's config as JSON
 IN_PROCESS: dict[str, Any] = {}  # in-memory studies, for jobs run in the sweeper's own process
+PENDING_SIGNALS: list[int] = []  # Ctrl-C / SIGTERM the sweeper received and has not yet acted on
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, `timeout`, preemption), handled like Ctrl-C."""
+
+
+def cores() -> int:
+    """The cores this process may use (a SLURM allocation or `taskset` give fewer than the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def raise_pending_interrupt() -> None:
+    """Raise a Ctrl-C or SIGTERM the sweeper received but that got lost: Python drops an exception
+    raised inside a garbage-collector callback or `__del__` ("Exception ignored in ..."), so the
+    signal handler also records it, and a job running in the sweeper's process checks each epoch."""
+    if PENDING_SIGNALS:
+        import signal
+
+        raise Terminated() if PENDING_SIGNALS[-1] == signal.SIGTERM else KeyboardInterrupt()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
+import socket
 import threading
 from typing import Any
 
@@ -16,7 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger(__name__)
 
-RERUN_REASONS = ("interrupted", "stale")  # failed trials that do not count toward the target
+SURPLUS = "surplus"  # asked by a worker after others had filled the study's target; never run
+RERUN_REASONS = ("interrupted", "stale", SURPLUS)  # failed trials that do not count toward the target
 MAX_STALE = 2  # parameters whose worker died this often are not queued again (they may be what kills it)
 
 
@@ -56,13 +59,17 @@ def fail_trial(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
 
 def fail_stale_trials(study: optuna.Study, raw: Any) -> None:
     """Trials whose worker stopped sending heartbeats become FAIL (`stale`) and are queued again.
-    `raw` is the storage as opened (a Study wraps an RDBStorage in a cache)."""
-    if not heartbeat_enabled(raw):
-        return
+    `raw` is the storage as opened (a Study wraps an RDBStorage in a cache). Storages without
+    heartbeats (journal files, Redis) can only tell of workers on this machine: a dead process."""
     storage = study._storage  # Study has no public handle on its storage; writes go through its cache
-    # RDBStorage._get_stale_trial_ids is the query Optuna's own fail_stale_trials uses; that public
-    # function cannot record a reason or requeue, and it skips trials that never sent a heartbeat.
-    stale = set(raw._get_stale_trial_ids(study._study_id)) | _never_beat(study, raw)
+    if heartbeat_enabled(raw):
+        # RDBStorage._get_stale_trial_ids is the query Optuna's own fail_stale_trials uses; that public
+        # function cannot record a reason or requeue, and it skips trials that never sent a heartbeat.
+        stale = set(raw._get_stale_trial_ids(study._study_id)) | _never_beat(study, raw)
+    elif raw is not None:
+        stale = _dead_here(study)
+    else:
+        return
     for tid in sorted(stale):
         try:
             storage.set_trial_user_attr(tid, "fail_reason", "stale")
@@ -77,6 +84,23 @@ def fail_stale_trials(study: optuna.Study, raw: Any) -> None:
             trial.user_attrs.get("worker", "unknown"),
         )
         requeue(study, trial)
+
+
+def _dead_here(study: optuna.Study) -> set[int]:
+    """RUNNING trials of a worker process on this machine that no longer exists."""
+    here = socket.gethostname()
+    dead = set()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if host != here or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            dead.add(trial_id(t))
+        except PermissionError:  # alive, another user's
+            pass
+    return dead
 
 
 def _never_beat(study: optuna.Study, storage: RDBStorage) -> set[int]:

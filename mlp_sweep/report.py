@@ -34,6 +34,8 @@ def rows_from_study(study: Any) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
+        if attrs.get("fail_reason") == "surplus":  # a place taken by another worker first: never ran
+            continue
         rows.append(
             {
                 "number": t.number,

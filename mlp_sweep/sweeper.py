@@ -31,7 +31,8 @@ from optuna.trial import TrialState
 
 from . import recovery, space, staged
 from .errors import SweepExit, UserError
-from .job import IN_PROCESS, STORAGE_ENV, job_overrides
+from .job import IN_PROCESS, PENDING_SIGNALS, STORAGE_ENV, Terminated, job_overrides, raise_pending_interrupt
+from .launching import Launches
 from .recovery import Heartbeat, counts_toward_target, fail_trial
 from .report import rows_from_study, write_report
 from .storage import absolute, has_password, mask_overrides, masked, open_storage
@@ -50,12 +51,14 @@ METRIC_ATTRS = (  # what the project's task writes to metrics.json, kept with ea
     "params",
     "epochs_planned",
 )
-LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core")
+LAUNCHER_LOGGERS = (  # "Launching 1 jobs locally" and each job's overrides: the sweeper's lines say more
+    "hydra._internal.core_plugins.basic_launcher",
+    "hydra_plugins.hydra_joblib_launcher._core",
+    "hydra_plugins.hydra_ray_launcher._core",
+    "hydra_plugins.hydra_ray_launcher._launcher_util",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
+)
 ARTIFACTS = ("curves.png", "metrics.json", ".hydra/config.yaml")  # uploaded for each finished trial
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's time limit, `timeout`, preemption), handled like Ctrl-C."""
 
 
 @dataclass(frozen=True)
@@ -103,13 +106,15 @@ class StudySweeper(OptunaSweeperImpl):
         self.identity_ignore = list(identity_ignore or ())
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.in_flight: dict[int, optuna.Trial] = {}
+        self.started: dict[int, float] = {}
+        self.launches: Launches | None = None
         self.sweep_dir_template: str | None = None
 
     # -- the sweep ---------------------------------------------------------------------------
 
     def sweep(self, arguments: list[str]) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep logs its own lines
-        for name in LAUNCHER_LOGGERS:  # "Launching 1 jobs locally" and each job's overrides: ours say more
+        for name in LAUNCHER_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
         if self.stages:
             self._sweep_stages(arguments)
@@ -120,7 +125,7 @@ class StudySweeper(OptunaSweeperImpl):
         study = self._open(plan)
         heartbeat = Heartbeat(plan.storage, self.heartbeat_interval)
         try:
-            with _sigterm_as_interrupt():
+            with _signals_interrupt():
                 self._run(study, plan, heartbeat)
         finally:
             heartbeat.stop()
@@ -271,43 +276,67 @@ class StudySweeper(OptunaSweeperImpl):
         return found
 
     def _run(self, study: optuna.Study, plan: Plan, heartbeat: Heartbeat) -> None:
-        ran, failed, announced = 0, [], False
+        """Keep up to n_jobs trials of this worker running until the study has its target: a trial
+        that ends frees its place at once. Other workers' running trials count toward the target;
+        when they alone remain, wait for them (their heartbeats tell whether they are alive)."""
+        ran, failed, announced, stopping = 0, [], False, False
         left = plan.n_trials - sum(map(counts_toward_target, study.get_trials(deepcopy=False)))
         allowed = math.floor(self.max_failure_rate * max(1, left))
+        launches = self.launches = Launches(self.launcher)
+        scanned, todo, others, stored = 0.0, 0, [], 0
         try:
             while True:
-                recovery.fail_stale_trials(study, plan.storage)
-                trials = study.get_trials(deepcopy=False)
-                done = sum(map(counts_toward_target, trials))
-                running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
-                todo = plan.n_trials - done - len(running)
-                if todo <= 0:
-                    if running and heartbeat.enabled:
-                        if not announced:
-                            numbers = ", ".join(str(t.number) for t in running)
-                            log.info("waiting for %d trial(s) running in another process: %s", len(running), numbers)
-                            announced = True
-                        time.sleep(min(self.heartbeat_interval, 5))
-                        continue
-                    if ran == 0:
-                        self._nothing_to_run(study, plan, done)
-                    return
-                batch, jobs = self._ask(study, plan, heartbeat, min(todo, self.n_jobs), len(trials))
-                start = time.perf_counter()
-                returns = self._launch(batch, jobs)
-                for trial, ret in zip(batch, returns, strict=True):
-                    reason = self._tell(study, trial, ret, plan, time.perf_counter() - start, heartbeat)
-                    ran += 1
-                    if reason:
-                        failed.append(reason)
-                self._progress(study, plan)
-                if len(failed) > allowed:
+                raise_pending_interrupt()
+                if scanned == 0.0:
+                    recovery.fail_stale_trials(study, plan.storage)
+                    trials = study.get_trials(deepcopy=False)
+                    done = sum(map(counts_toward_target, trials))
+                    others = [t for t in _running(trials) if t.number not in self.in_flight]
+                    todo = plan.n_trials - done - len(others) - len(self.in_flight)
+                    scanned, stored = time.monotonic(), len(trials)
+                if todo > 0 and not stopping and len(self.in_flight) < self.n_jobs:
+                    started = self._start(study, plan, heartbeat, launches, stored)
+                    todo, stored = (todo - 1, stored + 1) if started else (0, stored)
+                    continue
+                if self.in_flight:
+                    ended = launches.wait(timeout=1.0)
+                    for number, ret in ended:
+                        trial = self.in_flight[number]
+                        reason = self._tell(study, trial, ret, plan, heartbeat)
+                        ran += 1
+                        if reason:
+                            failed.append(reason)
+                    if ended:
+                        self._progress(study, plan)
+                        stopping = stopping or len(failed) > allowed
+                        scanned = 0.0
+                    elif time.monotonic() - scanned > max(5, self.heartbeat_interval):
+                        scanned = 0.0  # other workers' trials may have gone stale
+                    continue
+                if stopping:
                     self._finish(study, plan)
                     raise SweepExit(
                         1,
                         f"{len(failed)} of the {ran} trials run failed (last: {failed[-1]}): more than "
                         f"max_failure_rate={self.max_failure_rate} allows ({allowed} of this run's trials)",
                     )
+                if others and plan.storage is not None:
+                    if not announced:
+                        numbers = ", ".join(str(t.number) for t in others)
+                        log.info("waiting for %d trial(s) running in another process: %s", len(others), numbers)
+                        if not heartbeat.enabled:
+                            log.info(
+                                "%s keeps no heartbeats: a worker that died on another machine leaves its "
+                                "trials running, and this wait ends only with Ctrl-C (the study keeps all)",
+                                masked(self.storage),
+                            )
+                        announced = True
+                    time.sleep(min(self.heartbeat_interval or 5, 5))
+                    scanned = 0.0
+                    continue
+                if ran == 0:
+                    self._nothing_to_run(study, plan, plan.n_trials - max(todo, 0))
+                return
         except KeyboardInterrupt as err:
             self._interrupted(study, plan, heartbeat, 143 if isinstance(err, Terminated) else 130)
 
@@ -323,55 +352,61 @@ class StudySweeper(OptunaSweeperImpl):
             )
         log.info("study %s already has %d of %d trials: nothing to run", plan.name, done, plan.n_trials)
 
-    def _ask(self, study: optuna.Study, plan: Plan, heartbeat: Heartbeat, n: int, stored: int) -> tuple[list, list]:
-        batch, jobs = [], []
-        for i in range(n):
-            # Each draw is seeded with the sampler's seed offset by the trial's number: a rerun continues
-            # the search, workers sharing the study draw apart, one seeded worker alone is reproducible.
-            # Relative samplers draw inside ask() (the number is guessed from the trials stored),
-            # independent ones when the parameters are suggested (the number is known).
-            study.sampler = plan.make_sampler(stored + i)
-            trial = study.ask()
-            self.in_flight[trial.number] = trial
-            heartbeat.add(trial)
-            trial.set_user_attr("worker", self.worker)
-            batch.append(trial)
-            study.sampler = plan.make_sampler(trial.number)
-            try:
-                [overrides] = self._configure_trials(
-                    [trial], plan.space.distributions, plan.space.fixed, list(plan.space.fixed_overrides)
-                )
-            except Exception as err:  # a custom search space that raises, overlapping keys
-                for asked in batch:
-                    self._forget(asked, heartbeat)
-                    fail_trial(study, asked, f"{type(err).__name__}: {err}")
-                raise UserError(f"cannot build the trial's parameters: {err}") from None
-            jobs.append(
-                (
-                    *overrides,
-                    *job_overrides(study.study_name, trial.number, *self._job_channel()),
-                    f"hydra.sweep.dir={plan.sweep_dir}",
-                    f"hydra.sweep.subdir={trial.number}",
-                )
-            )
-            log.info("trial %d start: %s", trial.number, _params(trial.params))
-        return batch, jobs
-
-    def _launch(self, batch: list, jobs: list) -> list:
-        """The jobs' returns; an error of the launcher itself (a file where a job folder goes, a full
-        disk) becomes each job's failure, never the sweep's."""
+    def _start(self, study: optuna.Study, plan: Plan, heartbeat: Heartbeat, launches: Launches, stored: int) -> bool:
+        """Ask one trial and launch its job; False when the study reached its target first."""
+        # Each draw is seeded with the sampler's seed offset by the trial's number: a rerun continues
+        # the search, workers sharing the study draw apart, one seeded worker alone is reproducible.
+        # Relative samplers draw inside ask() (the number is guessed from the trials stored),
+        # independent ones when the parameters are suggested (the number is known).
+        study.sampler = plan.make_sampler(stored)
+        trial = study.ask()
+        self.in_flight[trial.number] = trial
+        heartbeat.add(trial)
+        trial.set_user_attr("worker", self.worker)
+        if self._surplus(study, plan, heartbeat, trial):
+            return False
+        study.sampler = plan.make_sampler(trial.number)
         try:
-            return list(self.launcher.launch(jobs, initial_job_idx=batch[0].number))
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:
-            return [err] * len(batch)
+            [overrides] = self._configure_trials(
+                [trial], plan.space.distributions, plan.space.fixed, list(plan.space.fixed_overrides)
+            )
+        except Exception as err:  # a custom search space that raises, overlapping keys
+            self._forget(trial, heartbeat)
+            fail_trial(study, trial, f"{type(err).__name__}: {err}")
+            raise UserError(f"cannot build the trial's parameters: {err}") from None
+        job = (
+            *overrides,
+            *job_overrides(study.study_name, trial.number, *self._job_channel()),
+            f"hydra.sweep.dir={plan.sweep_dir}",
+            f"hydra.sweep.subdir={trial.number}",
+        )
+        log.info("trial %d start: %s", trial.number, _params(trial.params))
+        self.started[trial.number] = time.perf_counter()
+        launches.start(trial.number, job)
+        return True
 
-    def _tell(
-        self, study: optuna.Study, trial: optuna.Trial, ret: Any, plan: Plan, seconds: float, heartbeat: Heartbeat
-    ) -> str | None:
+    def _surplus(self, study: optuna.Study, plan: Plan, heartbeat: Heartbeat, trial: optuna.Trial) -> bool:
+        """Workers sharing a study may ask at the same instant for its last place. Trial numbers are
+        handed out in order, so the first n_trials trials that count (done, running or queued) run
+        and a later one gives way: it ends FAIL (`surplus`, not counted) before any job starts, and
+        parameters it took from the queue go back to it."""
+        trials = study.get_trials(deepcopy=False)
+        live = {t.number for t in _running(trials)} | {t.number for t in trials if t.state == TrialState.WAITING}
+        ahead = sum(t.number < trial.number and (counts_toward_target(t) or t.number in live) for t in trials)
+        if ahead < plan.n_trials:
+            return False
+        self._forget(trial, heartbeat)
+        queued = study._storage.get_trial_system_attrs(recovery.trial_id(trial)).get("fixed_params")
+        attrs = {k: v for k, v in trial.user_attrs.items() if k != "worker"}
+        if fail_trial(study, trial, recovery.SURPLUS) and queued:
+            study.enqueue_trial(dict(queued), user_attrs=attrs, skip_if_exists=False)
+        log.info("trial %d not run: the study reached its target of %d trials", trial.number, plan.n_trials)
+        return True
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any, plan: Plan, heartbeat: Heartbeat) -> str | None:
         """Record one finished job; returns the failure reason, or None."""
         job_dir = plan.sweep_dir / str(trial.number)
+        seconds = time.perf_counter() - self.started.get(trial.number, time.perf_counter())
         self._forget(trial, heartbeat)
         try:
             metrics = read_metrics(job_dir)
@@ -472,6 +507,8 @@ class StudySweeper(OptunaSweeperImpl):
                         trial.number,
                         " and queued again" if queued else "",
                     )
+        if self.launches is not None:
+            self.launches.abandon()
         log.warning("sweep interrupted; run the same command again to resume")
         if not again:
             with _signals_end_at_once(code):
@@ -493,6 +530,7 @@ class StudySweeper(OptunaSweeperImpl):
     def _forget(self, trial: optuna.Trial, heartbeat: Heartbeat) -> None:
         heartbeat.remove(trial)
         self.in_flight.pop(trial.number, None)
+        self.started.pop(trial.number, None)
 
     def _progress(self, study: optuna.Study, plan: Plan) -> None:
         trials = study.get_trials(deepcopy=False)
@@ -648,6 +686,11 @@ def _one_line(reason: str) -> str:
     return " ".join(reason.split())[:500]
 
 
+def _running(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials a sweeper worker runs (a trial RUNNING without a worker was left by another tool)."""
+    return [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+
+
 def _params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
@@ -656,19 +699,26 @@ def _params(params: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def raise_terminated(_signum: int, _frame: Any) -> None:
-        raise Terminated()
+def _signals_interrupt() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt, SIGTERM Terminated; each is also recorded, to be raised again
+    where Python swallowed it (see raise_pending_interrupt)."""
 
+    def interrupt(signum: int, _frame: Any) -> None:
+        PENDING_SIGNALS.append(signum)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    PENDING_SIGNALS.clear()
     try:
-        previous = signal.signal(signal.SIGTERM, raise_terminated)
+        previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            if signal.getsignal(s) is interrupt:  # not after an interrupt, which leaves them ignored
+                signal.signal(s, handler)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ from torch import nn
 
 from .augment import Batcher
 from .data import Splits
+from .job import cores, raise_pending_interrupt
 
 log = logging.getLogger(__name__)
 epoch_log = logging.getLogger("mlp_sweep.epochs")  # one line an epoch; a sweep keeps them in each trial's log file
@@ -51,7 +51,7 @@ def pick_device(device: str) -> torch.device:
 
 def set_threads(threads: int, parallel_jobs: int = 1) -> int:
     """Torch CPU threads: as asked, or the cores shared out among parallel jobs."""
-    n = threads or max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
+    n = threads or max(1, cores() // max(1, parallel_jobs))
     torch.set_num_threads(n)
     return n
 
@@ -131,6 +131,7 @@ def fit(
             " *" if improved else "  ",
             f"{row['images_per_second']:,.0f}",
         )
+        raise_pending_interrupt()
         if on_epoch is not None and not on_epoch(epoch, row):
             status = "pruned"
             break

@@ -19,7 +19,7 @@ FAST = ("data=digits", "trainer.epochs=2")
 LONG = (
     "data=digits",
     "trainer.patience=0",
-    "trainer.epochs=400",
+    "trainer.epochs=150",
     "hydra/sweeper/pruner=median",
     "hydra.sweeper.study_name=long",
 )
@@ -40,6 +40,10 @@ def studies(tmp_path):
         return {}
     storage = f"sqlite:///{db}"
     return {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+
+
+def no_running(trials):
+    return all(t.state != TrialState.RUNNING for t in trials)
 
 
 def states(trials):

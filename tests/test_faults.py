@@ -12,13 +12,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from .sweeps import BEAT, FAST, LONG, finish, start, states, studies, study, sweep, wait_running
+from .sweeps import BEAT, FAST, LONG, finish, no_running, start, states, studies, study, sweep, wait_running
 
 pytestmark = pytest.mark.slow
-
-
-def no_running(trials):
-    return all(t.state != TrialState.RUNNING for t in trials)
 
 
 # -- one study, one experiment ---------------------------------------------------------------
@@ -142,12 +138,31 @@ def test_a_full_disk_fails_trials_with_the_reason_and_stops_cleanly(tmp_path):
     assert all("RuntimeError" in t.user_attrs["fail_reason"] for t in trials)
 
 
+def stop_between_writes(proc, db):
+    """SIGSTOP a worker, but not in the middle of a write: SQLite's lock would stay with the stopped
+    process and stop every other worker too (a limit of SQLite; a database server has no such lock)."""
+    for _ in range(50):
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.1)
+        connection = sqlite3.connect(db, timeout=0.2, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            connection.close()
+    raise AssertionError("the worker always held the database's write lock")
+
+
 def test_a_worker_suspended_past_the_grace_period_and_resumed_exits_cleanly(tmp_path):
     args = ("data=digits", "trainer.patience=0", "trainer.epochs=150", "hydra/sweeper/pruner=median", *BEAT)
     args = (*args, "hydra.sweeper.study_name=susp")
     first = start(tmp_path, *args, "hydra.sweeper.n_trials=1")
     wait_running(tmp_path, "susp", 0)
-    first.send_signal(signal.SIGSTOP)
+    stop_between_writes(first, tmp_path / "outputs" / "optuna.db")
     try:
         time.sleep(4)
         res = sweep(tmp_path, *args, "hydra.sweeper.n_trials=1", timeout=300)  # fails trial 0 as stale, reruns it

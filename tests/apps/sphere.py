@@ -1,6 +1,7 @@
 """A Hydra app that knows nothing of mlp_sweep, swept with hydra/sweeper=mlp_sweep in the tests."""
 
 import math
+import time
 
 import hydra
 from omegaconf import DictConfig
@@ -13,6 +14,8 @@ def sphere(cfg: DictConfig):
     trial = current_trial()
     print(f"job of trial {trial.number if trial else None} in study {trial.study if trial else None}")
     value = cfg.x**2 + cfg.y**2
+    if cfg.seconds:  # a job that takes time; trial 0 takes six times as long
+        time.sleep(cfg.seconds * (6 if trial and trial.number == 0 else 1))
     if cfg.mode == "pair":  # two objectives pulling apart
         return value, (cfg.x - 2) ** 2 + (cfg.y - 1) ** 2
     if cfg.mode == "nan_first" and trial and trial.number == 0:

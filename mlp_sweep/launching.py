@@ -1,0 +1,101 @@
+"""Keeps up to K trials running through any Hydra launcher, with no batch barrier.
+
+Hydra's Launcher API runs a batch of jobs and returns when the slowest ends. Here each trial is a
+batch of its own: launchers that run jobs outside this process (joblib, submitit, ray) get one
+thread per trial, so a trial that ends frees its place at once and the sweeper asks the next. The
+in-process basic launcher runs each job in the sweeper's own thread, one at a time (it changes the
+process's logging, environment and working directory while a job runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import signal
+import threading
+from typing import Any
+
+IN_PROCESS_LAUNCHERS = ("BasicLauncher",)
+
+
+def runs_elsewhere(launcher: Any) -> bool:
+    return type(launcher).__name__ not in IN_PROCESS_LAUNCHERS
+
+
+class Launches:
+    def __init__(self, launcher: Any) -> None:
+        self.launcher = launcher
+        self.threaded = runs_elsewhere(launcher)
+        self.ended: queue.Queue[tuple[int, Any]] = queue.Queue()
+        self.running: set[int] = set()
+        self.ready = False
+
+    def _prepare(self) -> None:
+        """Ray starts (or joins its cluster) once, here in the main thread: launches on several
+        threads would each try `ray.init`. Ray installs its own SIGTERM handler; the sweeper's stays."""
+        self.ready = True
+        if type(self.launcher).__name__ != "RayLauncher":
+            return
+        import ray
+        from omegaconf import OmegaConf
+
+        if ray.is_initialized():
+            return
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            ray.init(**OmegaConf.to_container(self.launcher.ray_cfg.init, resolve=True))
+        finally:
+            for s, handler in handlers.items():
+                with contextlib.suppress(ValueError, TypeError):
+                    signal.signal(s, handler)
+
+    def start(self, number: int, job: tuple[str, ...]) -> None:
+        """Launch one trial's job; its return comes out of wait()."""
+        if not self.ready:
+            self._prepare()
+        self.running.add(number)
+        if not self.threaded:
+            self.ended.put((number, self._launch(number, job)))
+            return
+        thread = threading.Thread(
+            target=lambda: self.ended.put((number, self._launch(number, job))), name=f"trial-{number}", daemon=True
+        )
+        thread.start()
+
+    def _launch(self, number: int, job: tuple[str, ...]) -> Any:
+        """The job's return; an error of the launcher itself (a file where the job's folder goes, a
+        full disk, a lost cluster) is that trial's failure, never the sweep's."""
+        try:
+            [ret] = self.launcher.launch([list(job)], initial_job_idx=number)
+            return ret
+        except KeyboardInterrupt:
+            if not self.threaded:
+                raise
+            return RuntimeError("interrupted")
+        except BaseException as err:  # noqa: BLE001 - a job's SystemExit is its own failure too
+            return err
+
+    def wait(self, timeout: float) -> list[tuple[int, Any]]:
+        """The trials that ended, waiting up to `timeout` seconds for the first (interruptible)."""
+        ended = []
+        try:
+            ended.append(self.ended.get(timeout=timeout) if timeout > 0 else self.ended.get_nowait())
+            while True:
+                ended.append(self.ended.get_nowait())
+        except queue.Empty:
+            pass
+        for number, _ in ended:
+            self.running.discard(number)
+        return ended
+
+    def abandon(self) -> None:
+        """After an interrupt: stop the local worker processes still running abandoned trials, so the
+        process can exit now (their trials are already failed and queued again)."""
+        if not self.running:
+            return
+        with contextlib.suppress(Exception):
+            from joblib.externals.loky import reusable_executor
+
+            executor = reusable_executor._executor
+            if executor is not None:
+                executor.shutdown(wait=False, kill_workers=True)

@@ -1,0 +1,145 @@
+"""Parallel trials without lock-step, and many workers on one study reaching exactly its target,
+on SQLite and on real servers (PostgreSQL, MariaDB, Redis); Ray and submitit launchers."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from mlp_sweep.recovery import SURPLUS, Heartbeat, counts_toward_target
+from mlp_sweep.storage import open_storage
+from mlp_sweep.sweeper import StudySweeper
+
+from .conftest import run_cli
+from .sweeps import BEAT, LONG, finish, no_running, start, study, sweep, wait_running
+from .test_storages import server, study_name  # noqa: F401 - a fixture
+
+APP = Path(__file__).parent / "apps" / "sphere.py"
+pytestmark = pytest.mark.slow
+
+
+def app(tmp_path, *args):
+    """The non-mlp_sweep app, started in the background."""
+    env = {**os.environ}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen(
+        [sys.executable, str(APP), "-m", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_trial_that_ends_frees_its_place_at_once(tmp_path):
+    # trial 0 sleeps 6 x 0.5 s; meanwhile the other place runs trials 1, 2, 3, ... one after another
+    proc = app(tmp_path, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=5", "seconds=0.5")
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    trials = optuna.load_study(study_name="sphere", storage=f"sqlite:///{tmp_path}/sphere.db").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+    slow = trials[0]
+    # lock-step batches would start trial 2 only after trial 0 ended
+    assert trials[2].datetime_start < slow.datetime_complete
+    assert trials[3].datetime_start < slow.datetime_complete
+    running = [t for t in trials[1:] if t.datetime_start < slow.datetime_complete]
+    assert all(t.datetime_start > slow.datetime_start for t in running)
+
+
+def exact_target(url, tmp_path, name, workers=3, n_trials=5):
+    """`workers` processes on one study: it ends with exactly n_trials trials that count."""
+    storage = f"hydra.sweeper.storage={url}"
+    procs = [
+        app(tmp_path, storage, f"hydra.sweeper.study_name={name}", f"hydra.sweeper.n_trials={n_trials}", "seconds=0.1")
+        for _ in range(workers)
+    ]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * workers, outs
+    trials = optuna.load_study(study_name=name, storage=open_storage(url, 10, None)).trials
+    ran = [t for t in trials if t.user_attrs.get("fail_reason") != "surplus"]
+    assert [t.state for t in ran] == [TrialState.COMPLETE] * n_trials
+    assert no_running(trials) and len({t.number for t in trials}) == len(trials)
+    folders = sorted(int(p.name) for p in (tmp_path / "sweeps" / name).iterdir() if p.name.isdigit())
+    assert folders == sorted(t.number for t in ran)  # a surplus trial never got a job
+    for out in outs:  # each worker summarizes the whole study, once it is done
+        assert f"\n{n_trials} complete\n" in out, out
+        assert "Traceback" not in out
+    return trials
+
+
+def test_workers_on_a_sqlite_file_reach_exactly_the_target(tmp_path):
+    exact_target(f"sqlite:///{tmp_path}/shared.db", tmp_path, "exact", workers=4, n_trials=6)
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql", "redis"])
+def test_workers_on_a_server_reach_exactly_the_target(tmp_path, kind, study_name):  # noqa: F811
+    exact_target(server(kind), tmp_path, study_name)
+
+
+def test_a_trial_asked_after_others_filled_the_target_gives_its_place_back(tmp_path):
+    """The race itself, made certain: a worker whose count is outdated asks one trial too many."""
+    s = optuna.create_study(study_name="race", storage=f"sqlite:///{tmp_path}/race.db")
+    done = s.ask()  # another worker's trial 0, finished
+    s.tell(done, 1.0)
+    elsewhere = s.ask()  # another worker's trial 1, running
+    elsewhere.set_user_attr("worker", "elsewhere:1")
+    s.enqueue_trial({"x": 1.5}, user_attrs={"retry_of": 7})
+    late = s.ask()  # trial 2 takes the queued parameters
+    sweeper = StudySweeper.__new__(StudySweeper)  # only what _surplus uses
+    sweeper.in_flight, sweeper.started = {late.number: late}, {}
+    heartbeat = Heartbeat(None, 0)
+
+    assert not sweeper._surplus(s, SimpleNamespace(n_trials=3), heartbeat, late)
+    assert sweeper._surplus(s, SimpleNamespace(n_trials=2), heartbeat, late)
+    trials = s.get_trials()
+    assert trials[2].state == TrialState.FAIL and trials[2].user_attrs["fail_reason"] == SURPLUS
+    assert not counts_toward_target(trials[2]) and late.number not in sweeper.in_flight
+    [queued] = [t for t in trials if t.state == TrialState.WAITING]  # the parameters go back to the queue
+    assert queued.system_attrs["fixed_params"] == {"x": 1.5} and queued.user_attrs == {"retry_of": 7}
+
+
+# -- clusters: Ray, SLURM through submitit -------------------------------------------------------
+
+
+def test_ray_runs_trials_side_by_side_and_they_report_their_epochs(tmp_path):
+    args = ("data=digits", "trainer.epochs=4", "trainer.patience=0", "hydra.sweeper.study_name=ray")
+    ray = (
+        "hydra/launcher=ray",
+        "+hydra.launcher.ray.init.num_cpus=2",
+        "+hydra.launcher.ray.init.include_dashboard=false",
+    )
+    res = sweep(tmp_path, *args, *ray, "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=3", timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    trials = study(tmp_path, "ray").trials
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) and len(trials) == 3
+    assert all(len(t.intermediate_values) == t.user_attrs["epochs_run"] > 0 for t in trials)
+    assert trials[1].datetime_start < trials[0].datetime_complete  # two at a time
+
+
+def test_the_slurm_example_is_the_submitit_launcher_with_our_settings(tmp_path):
+    res = run_cli("hydra/launcher=slurm", "--cfg", "hydra", "-p", "hydra.launcher", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "SlurmLauncher" in res.stdout and "max_num_timeout: 0" in res.stdout
+
+
+def test_a_killed_sweep_on_submitit_is_recovered_by_heartbeat(tmp_path):
+    args = (*LONG, *BEAT, "hydra/launcher=submitit_local", "hydra.sweeper.n_trials=1")
+    proc = start(tmp_path, *args)
+    wait_running(tmp_path, "long", 0)
+    subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)  # the job, then its sweeper
+    proc.send_signal(signal.SIGKILL)
+    finish(proc, 30)
+    time.sleep(4)  # past the grace period: trial 0's heartbeat has stopped
+    res = sweep(tmp_path, *args)
+    assert res.returncode == 0, res.stderr
+    trials = study(tmp_path, "long").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].user_attrs["fail_reason"] == "stale" and trials[1].params == trials[0].params
