@@ -68,10 +68,8 @@ class Launches:
         try:
             [ret] = self.launcher.launch([list(job)], initial_job_idx=number)
             return ret
-        except KeyboardInterrupt:
-            if not self.threaded:
-                raise
-            return RuntimeError("interrupted")
+        except KeyboardInterrupt:  # only ever in the main thread: the sweeper's to handle
+            raise
         except BaseException as err:  # noqa: BLE001 - a job's SystemExit is its own failure too
             return err
 

@@ -283,7 +283,7 @@ class StudySweeper(OptunaSweeperImpl):
         left = plan.n_trials - sum(map(counts_toward_target, study.get_trials(deepcopy=False)))
         allowed = math.floor(self.max_failure_rate * max(1, left))
         launches = self.launches = Launches(self.launcher)
-        scanned, todo, others, stored = 0.0, 0, [], 0
+        scanned, done, todo, others, stored = 0.0, 0, 0, [], 0
         try:
             while True:
                 raise_pending_interrupt()
@@ -335,7 +335,7 @@ class StudySweeper(OptunaSweeperImpl):
                     scanned = 0.0
                     continue
                 if ran == 0:
-                    self._nothing_to_run(study, plan, plan.n_trials - max(todo, 0))
+                    self._nothing_to_run(study, plan, done)
                 return
         except KeyboardInterrupt as err:
             self._interrupted(study, plan, heartbeat, 143 if isinstance(err, Terminated) else 130)
