@@ -94,13 +94,10 @@ def _sqlite(url: str, parsed: Any, heartbeat_interval: int, grace_period: int | 
         check_sqlite_file(path)
     # Workers that start together on a new file race to create Optuna's tables (a UNIQUE constraint
     # on alembic_version fails in the loser): create them one process at a time.
+    # Another program (a script, optuna-dashboard) can still race us: that is retried.
+    kwargs = {"connect_args": {"timeout": STATEMENT_TIMEOUT}}  # wait for a writer's lock rather than fail
     with _file_lock(path.with_name(path.name + ".create-lock") if path else None):
-        storage = _rdb(
-            url,
-            {"connect_args": {"timeout": STATEMENT_TIMEOUT}},  # wait for a writer's lock rather than fail
-            heartbeat_interval,
-            grace_period,
-        )
+        storage = _rdb_retrying(url, kwargs, heartbeat_interval, grace_period)
     sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
     storage.engine.dispose()  # connections opened before the listener reconnect with it
     return storage
@@ -120,16 +117,24 @@ def _server(parsed: Any, heartbeat_interval: int, grace_period: int | None) -> A
             "write_timeout": STATEMENT_TIMEOUT,
         }
     kwargs = {"connect_args": connect_args, "pool_pre_ping": True}
-    text = parsed.render_as_string(hide_password=False)
-    for attempt in range(5):  # workers creating the tables of a new database at once: the losers retry
+    return _rdb_retrying(parsed.render_as_string(hide_password=False), kwargs, heartbeat_interval, grace_period)
+
+
+def _rdb_retrying(url: str, engine_kwargs: dict, heartbeat_interval: int, grace_period: int | None) -> Any:
+    """Processes creating the tables of a new database at once: the losers retry."""
+    for attempt in range(5):
         try:
-            return _rdb(text, kwargs, heartbeat_interval, grace_period)
-        except sqlalchemy.exc.IntegrityError:
+            return _rdb(url, engine_kwargs, heartbeat_interval, grace_period, race_raises=True)
+        except sqlalchemy.exc.DBAPIError:
             time.sleep(0.2 * (attempt + 1))
-    return _rdb(text, kwargs, heartbeat_interval, grace_period)
+    return _rdb(url, engine_kwargs, heartbeat_interval, grace_period)
 
 
-def _rdb(url: str, engine_kwargs: dict, heartbeat_interval: int, grace_period: int | None) -> Any:
+def _rdb(
+    url: str, engine_kwargs: dict, heartbeat_interval: int, grace_period: int | None, race_raises: bool = False
+) -> Any:
+    """Optuna's RDBStorage, its errors in our words; with race_raises, a lost race to create the
+    tables of a new database is raised as it is, for the caller to retry."""
     try:
         return optuna.storages.RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
@@ -141,8 +146,17 @@ def _rdb(url: str, engine_kwargs: dict, heartbeat_interval: int, grace_period: i
     except sqlalchemy.exc.NoSuchModuleError:
         raise UserError(f"hydra.sweeper.storage={masked(url)!r}: unknown database kind; {URL_HINT}") from None
     except sqlalchemy.exc.DBAPIError as err:  # cannot connect, refused login, an option the driver rejects
+        if race_raises and _lost_creation_race(err):
+            raise
         reason = scrub(str(err.orig or err).strip().splitlines()[0], url)
         raise UserError(f"cannot use the storage {masked(url)}: {reason}") from None
+
+
+def _lost_creation_race(err: Exception) -> bool:
+    """Another process created the same table, type or version row a moment earlier: PostgreSQL
+    says duplicate key (pg_type) or already exists, MySQL/MariaDB already exists or duplicate entry."""
+    text = str(getattr(err, "orig", None) or err).lower()
+    return isinstance(err, sqlalchemy.exc.IntegrityError) or "already exists" in text or "duplicate" in text
 
 
 def _redis(url: str) -> Any:

@@ -488,7 +488,7 @@ class StudySweeper(OptunaSweeperImpl):
     def _interrupted(self, study: optuna.Study, plan: Plan, heartbeat: Heartbeat, code: int) -> None:
         """Ctrl-C or SIGTERM: keep what finished, fail and requeue the rest, then summarize. The
         storage part cannot be interrupted; a second signal during the summary ends the process."""
-        with _deferred_signals() as again:
+        with _signals_during_interrupt(code) as again:
             for trial in list(self.in_flight.values()):
                 self._forget(trial, heartbeat)
                 job_dir = plan.sweep_dir / str(trial.number)
@@ -507,15 +507,12 @@ class StudySweeper(OptunaSweeperImpl):
                         trial.number,
                         " and queued again" if queued else "",
                     )
-        if self.launches is not None:
-            self.launches.abandon()
-        log.warning("sweep interrupted; run the same command again to resume")
-        if not again:
-            with _signals_end_at_once(code):
+            if self.launches is not None:
+                self.launches.abandon()
+            log.warning("sweep interrupted; run the same command again to resume")
+            if not again.came:
+                again.end_at_once = True
                 self._finish(study, plan)
-        for s in (signal.SIGINT, signal.SIGTERM):  # the storage is consistent: let the exit finish
-            with contextlib.suppress(ValueError):
-                signal.signal(s, signal.SIG_IGN)
         raise SweepExit(code)
 
     def _values_from_metrics(self, metrics: dict[str, Any]) -> list[float] | None:
@@ -707,54 +704,61 @@ def _signals_interrupt() -> Iterator[None]:
         PENDING_SIGNALS.append(signum)
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
+    def unraisable(info: Any) -> None:
+        # the interrupt raised inside a garbage-collector callback: already recorded, raised again
+        # at the next check; Python would print it as "Exception ignored ... Traceback"
+        if not (isinstance(info.exc_value, KeyboardInterrupt) and PENDING_SIGNALS):
+            previous_hook(info)
+
     PENDING_SIGNALS.clear()
     try:
         previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for s, handler in previous.items():
             if signal.getsignal(s) is interrupt:  # not after an interrupt, which leaves them ignored
                 signal.signal(s, handler)
 
 
-@contextlib.contextmanager
-def _deferred_signals() -> Iterator[list[int]]:
-    """Ctrl-C / SIGTERM wait until the block ends; the list says whether one came."""
-    came: list[int] = []
-    try:
-        previous = {
-            s: signal.signal(s, lambda signum, _f: came.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
-        }
-    except ValueError:
-        yield came
-        return
-    try:
-        yield came
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+class _AfterInterrupt:
+    """What a further Ctrl-C or SIGTERM does once the sweep is being interrupted: while the storage is
+    put in order, it is only noted (the summary is then skipped); during the summary, it ends the
+    process at once."""
+
+    def __init__(self, code: int) -> None:
+        self.code, self.came, self.end_at_once = code, [], False
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        self.came.append(signum)
+        if self.end_at_once:
+            print("interrupted again: summary skipped; the study is saved", file=sys.stderr, flush=True)
+            os._exit(self.code)
 
 
 @contextlib.contextmanager
-def _signals_end_at_once(code: int) -> Iterator[None]:
-    def end(_signum: int, _frame: Any) -> None:
-        print("interrupted again: summary skipped; the study is saved", file=sys.stderr, flush=True)
-        os._exit(code)
-
+def _signals_during_interrupt(code: int) -> Iterator[_AfterInterrupt]:
+    """One handler from the first interrupt to the exit, never the sweep's own again: a signal in
+    a gap between two handlers would raise KeyboardInterrupt where nothing catches it. At the end
+    signals are ignored: the storage is consistent, the exit is under way."""
+    handler = _AfterInterrupt(code)
+    PENDING_SIGNALS.clear()  # acted on now: no job or loop may raise it again
     try:
-        previous = {s: signal.signal(s, end) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
+        for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield handler
+    finally:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):
+                signal.signal(s, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from .conftest import run_cli
 
+SPHERE = Path(__file__).parent / "apps" / "sphere.py"  # a Hydra app that is not ours
 FAST = ("data=digits", "trainer.epochs=2")
 # a trial of some seconds: long enough to signal while it trains, short enough to rerun; pruning
 # stays on, with a pruner that cannot stop anyone among these few trials (five finish first)
@@ -50,15 +52,18 @@ def states(trials):
     return [t.state for t in trials]
 
 
-def start(tmp_path, *args, env=None):
-    """A sweep in the background; its output goes to a file (a full pipe would block it). SIGINT is
-    restored to its default in the child, as a terminal's Ctrl-C finds it even when the test runner
-    itself runs as a background job (which inherits SIGINT ignored)."""
+def start(tmp_path, *args, env=None, app=None):
+    """A sweep in the background (mlp_sweep, or the Hydra app at path `app`); its output goes to a
+    file (a full pipe would block it). SIGINT is restored to its default in the child, as a
+    terminal's Ctrl-C finds it even when the test runner itself runs as a background job (which
+    inherits SIGINT ignored)."""
     env = {**os.environ, **(env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
-    out = open(tmp_path / f"worker-{time.monotonic_ns()}.log", "w+")  # noqa: SIM115 - read after the process ends
+    command = [sys.executable, str(app)] if app else [sys.executable, "-m", "mlp_sweep"]
+    path = tmp_path / f"worker-{time.monotonic_ns()}.log"
+    out = open(path, "w")  # noqa: SIM115 - closed by finish()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlp_sweep", "-m", *args],
+        [*command, "-m", *args],
         cwd=tmp_path,
         env=env,
         stdout=out,
@@ -66,8 +71,25 @@ def start(tmp_path, *args, env=None):
         text=True,
         preexec_fn=default_sigint,
     )
-    proc.log = out
+    proc.log, proc.log_path = out, path
     return proc
+
+
+def output(proc):
+    """What a background sweep printed so far."""
+    return proc.log_path.read_text()
+
+
+def wait_until(check, proc, what, timeout=300):
+    """Until check() holds; fails at once, with the worker's output, if the worker has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the worker exited with {proc.returncode} first:\n{output(proc)}")
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout} s" + (f"; the worker said:\n{output(proc)}" if proc else ""))
 
 
 def default_sigint():
@@ -77,21 +99,19 @@ def default_sigint():
 
 def finish(proc, timeout):
     proc.wait(timeout=timeout)
-    proc.log.seek(0)
-    return proc.log.read()
+    proc.log.close()
+    return output(proc)
 
 
-def wait_running(tmp_path, name, number, timeout=120):
+def wait_running(tmp_path, name, number, proc=None, timeout=300):
     """Until trial `number` of the study is RUNNING and its job has started training."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            trials = study(tmp_path, name).trials
-        except Exception:  # the database may not exist yet
-            trials = []
-        if len(trials) > number and trials[number].state == TrialState.RUNNING:
-            log = tmp_path / "outputs" / "sweeps" / name / str(number) / "mlp_sweep.log"
-            if log.is_file() and "epoch" in log.read_text():
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"trial {number} of {name} never ran")
+
+    def training():
+        # the job's log first: reading a database the worker is still creating would race it
+        log = tmp_path / "outputs" / "sweeps" / name / str(number) / "mlp_sweep.log"
+        if not (log.is_file() and "epoch" in log.read_text()):
+            return False
+        trials = study(tmp_path, name).trials
+        return len(trials) > number and trials[number].state == TrialState.RUNNING
+
+    wait_until(training, proc, f"trial {number} of {name} never ran", timeout)

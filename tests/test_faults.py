@@ -12,7 +12,22 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from .sweeps import BEAT, FAST, LONG, finish, no_running, start, states, studies, study, sweep, wait_running
+from .sweeps import (
+    BEAT,
+    FAST,
+    LONG,
+    SPHERE,
+    finish,
+    no_running,
+    output,
+    start,
+    states,
+    studies,
+    study,
+    sweep,
+    wait_running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -158,28 +173,33 @@ def stop_between_writes(proc, db):
 
 
 def test_a_worker_suspended_past_the_grace_period_and_resumed_exits_cleanly(tmp_path):
-    args = ("data=digits", "trainer.patience=0", "trainer.epochs=150", "hydra/sweeper/pruner=median", *BEAT)
-    args = (*args, "hydra.sweeper.study_name=susp")
-    first = start(tmp_path, *args, "hydra.sweeper.n_trials=1")
-    wait_running(tmp_path, "susp", 0)
-    stop_between_writes(first, tmp_path / "outputs" / "optuna.db")
+    # the first worker's trial 0 runs until released; the worker is stopped past the grace period
+    release = tmp_path / "release"
+    args = (f"hold={release}", *BEAT, "hydra.sweeper.study_name=susp", "hydra.sweeper.n_trials=1")
+    first = start(tmp_path, *args, app=SPHERE)
+    wait_until(lambda: "job of trial 0 in study susp" in output(first), first, "trial 0 never started")
+    stop_between_writes(first, tmp_path / "sphere.db")
     try:
         time.sleep(4)
-        res = sweep(tmp_path, *args, "hydra.sweeper.n_trials=1", timeout=300)  # fails trial 0 as stale, reruns it
-        assert res.returncode == 0, res.stderr
+        second = start(tmp_path, *args, app=SPHERE)  # fails trial 0 as stale, reruns it as trial 1
+        out = finish(second, 120)
+        assert second.returncode == 0, out
+        assert "trial 0 was left running by a stopped worker" in out, out
     finally:
         first.send_signal(signal.SIGCONT)
-    out = finish(first, 300)
+        release.touch()
+    out = finish(first, 120)
     assert first.returncode == 0 and "Traceback" not in out, out
     assert "was finished by another worker" in out
-    trials = study(tmp_path, "susp").trials
+    trials = optuna.load_study(study_name="susp", storage=f"sqlite:///{tmp_path}/sphere.db").trials
     assert states(trials) == [TrialState.FAIL, TrialState.COMPLETE] and no_running(trials)
+    assert trials[0].user_attrs["fail_reason"] == "stale" and trials[1].user_attrs["retry_of"] == 0
 
 
 def test_a_second_ctrl_c_is_short_and_a_twice_interrupted_retry_is_queued_again(tmp_path):
     for round_ in range(2):
         proc = start(tmp_path, *LONG, "hydra.sweeper.n_trials=1")
-        wait_running(tmp_path, "long", round_)
+        wait_running(tmp_path, "long", round_, proc)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
@@ -196,7 +216,7 @@ def test_a_second_ctrl_c_is_short_and_a_twice_interrupted_retry_is_queued_again(
 
 def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     proc = start(tmp_path, *LONG, "hydra.sweeper.n_trials=1")
-    wait_running(tmp_path, "long", 0)
+    wait_running(tmp_path, "long", 0, proc)
     proc.send_signal(signal.SIGTERM)
     out = finish(proc, 60)
     assert proc.returncode == 143, out

@@ -11,7 +11,21 @@ import yaml
 from optuna.trial import TrialState
 
 from .conftest import write_archive
-from .sweeps import BEAT, FAST, LONG, finish, start, states, studies, study, sweep, wait_running
+from .sweeps import (
+    BEAT,
+    FAST,
+    LONG,
+    SPHERE,
+    finish,
+    output,
+    start,
+    states,
+    studies,
+    study,
+    sweep,
+    wait_running,
+    wait_until,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.slow
@@ -207,7 +221,7 @@ def test_a_conflicting_space_cannot_poison_a_study(tmp_path):
 
 def test_ctrl_c_fails_in_flight_trial_exits_130_and_resumes(tmp_path):
     proc = start(tmp_path, *LONG, "hydra.sweeper.n_trials=1")
-    wait_running(tmp_path, "long", 0)
+    wait_running(tmp_path, "long", 0, proc)
     proc.send_signal(signal.SIGINT)
     out = finish(proc, 60)
     assert proc.returncode == 130, out
@@ -224,7 +238,7 @@ def test_killed_sweep_leaves_a_stale_trial_that_is_failed_and_rerun(tmp_path):
     assert sweep(tmp_path, *LONG, *BEAT, "hydra.sweeper.n_trials=1").returncode == 0
     before = study(tmp_path, "long").trials[0]
     proc = start(tmp_path, *LONG, *BEAT, "hydra.sweeper.n_trials=2")
-    wait_running(tmp_path, "long", 1)
+    wait_running(tmp_path, "long", 1, proc)
     proc.kill()
     proc.wait(timeout=30)
     assert study(tmp_path, "long").trials[1].state == TrialState.RUNNING  # what SIGKILL leaves behind
@@ -242,13 +256,21 @@ def test_killed_sweep_leaves_a_stale_trial_that_is_failed_and_rerun(tmp_path):
 
 
 def test_a_live_worker_on_the_same_study_is_left_alone(tmp_path):
-    args = (*LONG[:-1], "hydra.sweeper.study_name=shared", *BEAT, "hydra.sweeper.n_trials=2")
-    first = start(tmp_path, *args)
-    wait_running(tmp_path, "shared", 0)
-    res = sweep(tmp_path, *args)
-    out = finish(first, 300)
-    assert res.returncode == 0 and first.returncode == 0, (res.stderr, out)
-    assert "waiting for 1 trial(s) running in another process: 0" in res.stdout + res.stderr
-    trials = study(tmp_path, "shared").trials
+    # trial 0 of the first worker runs until the second worker has said it waits for it
+    release = tmp_path / "release"
+    args = (f"hold={release}", "hydra.sweeper.study_name=shared", *BEAT, "hydra.sweeper.n_trials=2")
+    first = start(tmp_path, *args, app=SPHERE)
+    wait_until(lambda: "job of trial 0 in study shared" in output(first), first, "trial 0 never started")
+    second = start(tmp_path, *args, app=SPHERE)
+    waiting = "waiting for 1 trial(s) running in another process: 0"
+    try:
+        wait_until(lambda: waiting in output(second), second, "the second worker never waited")
+    finally:
+        release.touch()
+    outs = finish(second, 120), finish(first, 120)
+    assert second.returncode == 0 and first.returncode == 0, outs
+    storage = f"sqlite:///{tmp_path}/sphere.db"
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
     assert states(trials) == [TrialState.COMPLETE] * 2  # nobody failed the other worker's trial
     assert trials[0].user_attrs["worker"] != trials[1].user_attrs["worker"]
+    assert "\n2 complete\n" in outs[0]  # the waiting worker summarized the whole study

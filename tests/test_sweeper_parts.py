@@ -1,4 +1,10 @@
-"""Pure parts of the sweeper: queued trials, the target count, stored-space conflicts, identity."""
+"""Pure parts of the sweeper: queued trials, the target count, stored-space conflicts, identity,
+signals."""
+
+import os
+import signal
+import sys
+import time
 
 import optuna
 import pytest
@@ -6,8 +12,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from mlp_sweep.errors import UserError
+from mlp_sweep.job import raise_pending_interrupt
 from mlp_sweep.recovery import counts_toward_target
 from mlp_sweep.space import Space, check_against_stored, check_enqueued
+from mlp_sweep.sweeper import _signals_interrupt
 
 DISTS = {
     "optimizer.lr": FloatDistribution(1e-5, 1e-3, log=True),
@@ -56,3 +64,19 @@ def test_stored_space_conflicts_are_found_before_any_trial():
     changed = Space({**DISTS, "model.activation": CategoricalDistribution(["relu", "gelu"])}, {}, (), False, None)
     with pytest.raises(UserError, match="conflicts with choice"):
         check_against_stored(study, changed)
+
+
+def test_a_ctrl_c_that_python_swallows_in_a_destructor_is_quiet_and_raised_at_the_next_check(monkeypatch):
+    class Dropped:
+        def __del__(self):  # Python cannot raise out of here: it reports "Exception ignored ..."
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)  # what would print the report
+    reached = False
+    with pytest.raises(KeyboardInterrupt), _signals_interrupt():
+        Dropped()
+        reached = True  # the interrupt did not come out of the destructor
+        raise_pending_interrupt()
+    assert reached and reported == []
