@@ -720,6 +720,7 @@ def _signals_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
+        PENDING_SIGNALS.clear()  # the sweep is over: nothing in this process may raise them again
         sys.unraisablehook = previous_hook
         for s, handler in previous.items():
             if signal.getsignal(s) is interrupt:  # not after an interrupt, which leaves them ignored
