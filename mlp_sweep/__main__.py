@@ -130,13 +130,18 @@ def write_outputs(out: Path, metrics: Any, model: Any, title: str, extra: dict |
 def table(m: Any) -> str:
     """The course report's table: accuracy of the best epoch on each split."""
     note = "" if m.status == "ok" else f"  [status: {m.status}]"
+    tta = m.val_acc_tta is not None
+
+    def flipped(value: float | None) -> str:
+        return f"   {value:8.2%}" if tta and value is not None else ""
+
     return (
         f"best epoch {m.best_epoch} of {m.epochs_run}, {m.seconds:.1f} s, "
         f"{m.images_per_second:,.0f} train img/s, {m.params:,} parameters{note}\n"
-        f"  split        accuracy\n"
+        f"  split        accuracy{'   with flips' if tta else ''}\n"
         f"  train        {m.train_acc:8.2%}\n"
-        f"  validation   {m.val_acc:8.2%}\n"
-        f"  test         {m.test_acc:8.2%}"
+        f"  validation   {m.val_acc:8.2%}{flipped(m.val_acc_tta)}\n"
+        f"  test         {m.test_acc:8.2%}{flipped(m.test_acc_tta)}"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -96,3 +97,41 @@ def random_rotation(x: torch.Tensor, degrees: float, g: torch.Generator) -> torc
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+
+
+class Mixer:
+    """Mixup and cutmix of a whole batch: each batch is blended with a shuffled copy of itself
+    (mixup: the whole image, cutmix: one box) in a share lam ~ Beta(alpha, alpha); the targets are
+    mixed in the same share. With both on, each batch uses one of them, drawn with p = 0.5."""
+
+    def __init__(self, mixup: float, cutmix: float, n_classes: int, seed: int) -> None:
+        self.mixup, self.cutmix, self.n_classes = float(mixup), float(cutmix), n_classes
+        self.rng = np.random.default_rng(seed)  # torch has no seeded Beta draws; one scalar a batch
+
+    @property
+    def on(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mixed images, soft targets (N, n_classes)); cutmix writes into x, the batch's own copy."""
+        use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or self.rng.random() < 0.5)
+        lam = float(self.rng.beta(*(2 * [self.cutmix if use_cutmix else self.mixup])))
+        perm = torch.randperm(len(x), device=x.device, generator=g)
+        if use_cutmix:
+            x, lam = self._box(x, perm, lam)
+        else:
+            x = torch.lerp(x[perm], x, lam)  # lam x + (1 - lam) x[perm]
+        onehot = F.one_hot(y, self.n_classes).to(x.dtype)
+        return x, torch.lerp(onehot[perm], onehot, lam)
+
+    def _box(self, x: torch.Tensor, perm: torch.Tensor, lam: float) -> tuple[torch.Tensor, float]:
+        """Paste a box of about (1 - lam) of the area from the shuffled batch; lam is then the share
+        of pixels that stayed (the box is clipped at the borders)."""
+        h, w = x.shape[2], x.shape[3]
+        side = math.sqrt(1 - lam)
+        ch, cw = int(h * side), int(w * side)
+        cy, cx = int(self.rng.integers(h)), int(self.rng.integers(w))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch - ch // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw - cw // 2, w)
+        x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+        return x, 1 - (y1 - y0) * (x1 - x0) / (h * w)

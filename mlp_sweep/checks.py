@@ -13,6 +13,7 @@ from .errors import UserError
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu")  # model.py maps each to its module
 NORMS = ("none", "batch", "layer")
+WHITENING = ("none", "pca", "zca")
 # what the task may return, and the direction a sweep optimizes it in; never test_*: the test set
 # is only reported
 OBJECTIVES = {"val_acc": "maximize", "val_loss": "minimize", "seconds": "minimize", "params": "minimize"}
@@ -41,6 +42,8 @@ def _device(v: Any) -> bool:
 # key -> (test, what is allowed); keys absent from a config (momentum for Adam) are skipped
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.name": (_one_of("cifar10", "digits"), "cifar10 or digits"),
+    "data.whiten": (_one_of(*WHITENING), "one of " + ", ".join(WHITENING)),
+    "data.whiten_eps": (lambda v: _number(v) and v > 0, "a number > 0 (added to each eigenvalue)"),
     "data_size.train": (_int_at_least(1), "an integer >= 1"),
     "data_size.val": (_int_at_least(1), "an integer >= 1"),
     "model.num_layers": (_int_at_least(1), "an integer >= 1 (Linear layers; 2 = one hidden layer)"),
@@ -57,6 +60,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augment.brightness": (_within(0, 1), "a number in [0, 1)"),
     "augment.saturation": (_within(0, 1), "a number in [0, 1)"),
     "augment.rotation": (_within(0, 180, high_open=False), "a number of degrees in [0, 180]"),
+    "augment.mixup": (lambda v: _number(v) and v >= 0, "a number >= 0 (alpha of Beta(alpha, alpha); 0 = off)"),
+    "augment.cutmix": (lambda v: _number(v) and v >= 0, "a number >= 0 (alpha of Beta(alpha, alpha); 0 = off)"),
     "trainer.epochs": (_int_at_least(1), "an integer >= 1"),
     "trainer.batch_size": (_int_at_least(1), "an integer >= 1"),
     "trainer.patience": (_int_at_least(0), "an integer >= 0 (0 = no early stopping)"),
@@ -67,7 +72,12 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.threads": (_int_at_least(0), "an integer >= 0 (0 = automatic)"),
     "trainer.precision": (_one_of("fp32", "bf16"), "fp32 or bf16"),
     "trainer.seed": (_int_at_least(0), "an integer >= 0"),
+    "trainer.ema": (lambda v: v is None or _within(0, 1)(v) and v > 0, "null (off) or a decay in (0, 1), e.g. 0.999"),
+    "trainer.tta": (lambda v: isinstance(v, bool), "true or false"),
 }
+# options that move pixels or work in pixel units, which whitening replaces (PCA: by components)
+SPATIAL = ("augment.flip", "augment.crop_padding", "augment.rotation", "augment.cutmix", "trainer.tta")
+COLOUR = ("augment.brightness", "augment.saturation")
 
 
 def problems(cfg: DictConfig) -> list[str]:
@@ -82,6 +92,7 @@ def problems(cfg: DictConfig) -> list[str]:
     nesterov, momentum = OmegaConf.select(cfg, "optimizer.nesterov"), OmegaConf.select(cfg, "optimizer.momentum")
     if nesterov is True and _number(momentum) and momentum <= 0:
         found.append(f"optimizer.nesterov=True needs optimizer.momentum > 0, got {momentum!r}")
+    found += _whitening_problems(cfg)
     found += _objective_problems(OmegaConf.select(cfg, "optimized_metric", default=_ABSENT))
     device = OmegaConf.select(cfg, "trainer.device")
     if _device(device) and device.startswith("cuda"):
@@ -90,6 +101,21 @@ def problems(cfg: DictConfig) -> list[str]:
         if not torch.cuda.is_available():
             found.append(f"trainer.device={device!r} is not available on this machine: use auto or cpu")
     return found
+
+
+def _whitening_problems(cfg: DictConfig) -> list[str]:
+    """PCA whitening turns images into components: nothing spatial applies to them any more.
+    Colour jitter works in pixel units, which whitening of either kind leaves behind."""
+    whiten = OmegaConf.select(cfg, "data.whiten", default="none")
+    if whiten not in ("pca", "zca"):
+        return []
+    keys = COLOUR + (SPATIAL if whiten == "pca" else ())
+    on = [f"{k}={v!r}" for k in keys if (v := OmegaConf.select(cfg, k, default=None)) not in (None, False, 0, 0.0)]
+    if not on:
+        return []
+    what = "image augmentation and flipped test images" if whiten == "pca" else "colour jitter"
+    fix = "use data.whiten=zca, or turn them off" if whiten == "pca" else "turn them off, or use data.whiten=none"
+    return [f"data.whiten={whiten} does not go with {', '.join(on)}: {what} need pixels; {fix}"]
 
 
 def metric_list(value: Any) -> list[Any]:

@@ -1,4 +1,5 @@
-"""Load a data set once per process, split it, standardize it and keep it on the device."""
+"""Load a data set once per process, split it, standardize (and optionally whiten) it and keep it on
+the device."""
 
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ class Splits:
     std: torch.Tensor
     max_value: float
     classes: tuple[str, ...]
+    whiten: str = "none"  # none | pca | zca, fitted on x_train after the standardization
 
     @property
     def in_features(self) -> int:
@@ -80,25 +82,38 @@ def load(data: Any, size: Any, seed: int, device: torch.device | str) -> Splits:
     key = (data.name, root, data.get("download"), data.get("url"), data.get("md5"))
     raw = _raw(*key)
     n_train, n_val = _sizes(raw, int(size.train), int(size.val), data.name, data.scale_to_fit)
-    return _splits(key, n_train, n_val, int(seed), str(device))
+    whiten = str(data.get("whiten") or "none")
+    eps = float(data.get("whiten_eps", 1.0)) if whiten != "none" else 0.0
+    return _splits(key, n_train, n_val, int(seed), str(device), whiten, eps)
 
 
 @functools.lru_cache(maxsize=2)
-def _splits(key: tuple, n_train: int, n_val: int, seed: int, device: str) -> Splits:
+def _splits(key: tuple, n_train: int, n_val: int, seed: int, device: str, whiten: str, eps: float) -> Splits:
     raw = _raw(*key)
     train_idx, val_idx = stratified_split(raw.y_train, n_train, n_val, seed)
     x_train = _to_nchw(raw.x_train[train_idx], device)
     mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
     std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
 
+    x_train = (x_train - mean) / std
+    white = whitening(x_train.flatten(1), whiten, eps) if whiten != "none" else None
+    if white is not None:
+        log.info("%s whitening (eps %g) fitted on the %d training images", whiten, eps, len(x_train))
+
+    def whitened(x: torch.Tensor) -> torch.Tensor:
+        if white is None:
+            return x
+        centre, matrix = white
+        return ((x.flatten(1) - centre) @ matrix).view_as(x)
+
     def images(x: np.ndarray) -> torch.Tensor:
-        return (_to_nchw(x, device) - mean) / std
+        return whitened((_to_nchw(x, device) - mean) / std)
 
     def labels(y: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(y, dtype=torch.int64, device=device)
 
     return Splits(
-        x_train=(x_train - mean) / std,
+        x_train=whitened(x_train),
         y_train=labels(raw.y_train[train_idx]),
         x_val=images(raw.x_train[val_idx]),
         y_val=labels(raw.y_train[val_idx]),
@@ -108,7 +123,26 @@ def _splits(key: tuple, n_train: int, n_val: int, seed: int, device: str) -> Spl
         std=std,
         max_value=raw.max_value,
         classes=raw.classes,
+        whiten=whiten,
     )
+
+
+def whitening(x: torch.Tensor, kind: str, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centre, W) such that (x - centre) @ W has covariance U diag(l / (l + eps)) U^T over the rows
+    of x (eigenvalues l, eigenvectors U of x's covariance): the identity where l >> eps, while eps
+    keeps the directions of little variance (noise) from being blown up.
+    pca: W = U diag((l + eps)^-1/2), components by falling variance, the pixel layout is gone;
+    zca: W = U diag((l + eps)^-1/2) U^T, the whitened image closest to the original (still an image).
+    Computed where x is (the training device); the eigendecomposition in float64."""
+    centre = x.mean(0)
+    xc = x - centre
+    cov = (xc.T @ xc).double() / max(1, len(x) - 1)
+    values, vectors = torch.linalg.eigh(cov)  # ascending
+    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+    matrix = vectors * (values + eps).rsqrt()
+    if kind == "zca":
+        matrix = matrix @ vectors.T
+    return centre, matrix.to(x.dtype)
 
 
 def _to_nchw(x: np.ndarray, device: str) -> torch.Tensor:

@@ -50,6 +50,8 @@ METRIC_ATTRS = (  # what the project's task writes to metrics.json, kept with ea
     "seconds",
     "params",
     "epochs_planned",
+    "val_acc_tta",
+    "test_acc_tta",
 )
 LAUNCHER_LOGGERS = (  # "Launching 1 jobs locally" and each job's overrides: the sweeper's lines say more
     "hydra._internal.core_plugins.basic_launcher",

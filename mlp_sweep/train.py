@@ -1,8 +1,10 @@
-"""Training loop: seeded batches of in-memory tensors, early stopping, divergence guard."""
+"""Training loop: seeded batches of in-memory tensors, mixup/cutmix, a moving average of the weights,
+early stopping, divergence guard, flip test-time augmentation."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import Batcher
+from .augment import Batcher, Mixer
 from .data import Splits
 from .job import cores, raise_pending_interrupt
 
@@ -37,7 +39,11 @@ class Metrics:
     seconds: float  # whole fit, evaluation included
     images_per_second: float  # training images per second of training steps
     params: int  # trainable parameters of the model
+    train_images: int
+    train_tflop: float  # the training budget: 6 x params x train_images x epochs_run, in 1e12 FLOP
     history: list[dict[str, float]] = field(default_factory=list)
+    val_acc_tta: float | None = None  # with trainer.tta: each image and its mirror image, averaged
+    test_acc_tta: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,9 +81,13 @@ def fit(
     schedule = _schedule(optimizer, trainer, steps_per_epoch)
     g = torch.Generator(device=device).manual_seed(int(trainer.seed))
     autocast = _autocast(device, trainer.precision)
-    batch = Batcher(splits.x_train, mean=splits.mean, std=splits.std, max_value=splits.max_value, **augmentation)
+    options = dict(augmentation)
+    mixer = Mixer(options.pop("mixup", 0.0), options.pop("cutmix", 0.0), splits.n_classes, int(trainer.seed))
+    batch = Batcher(splits.x_train, mean=splits.mean, std=splits.std, max_value=splits.max_value, **options)
+    ema = Averaged(model, float(trainer.ema)) if trainer.get("ema") is not None else None
+    judged = ema.model if ema else model  # what is validated, kept as the best epoch and saved
 
-    best_acc, best_epoch, best_state = -1.0, 0, _snapshot(model)
+    best_acc, best_epoch, best_state = -1.0, 0, _snapshot(judged)
     status, history, train_seconds, images_seen = "ok", [], 0.0, 0
     for epoch in range(1, int(trainer.epochs) + 1):
         t0 = time.perf_counter()
@@ -88,14 +98,17 @@ def fit(
         for i in range(0, n, trainer.batch_size):
             idx = order[i : i + trainer.batch_size]
             xb, yb = batch(idx, g), splits.y_train[idx]
+            xb, target = mixer(xb, yb, g) if mixer.on else (xb, yb)
             with autocast:
                 logits = model(xb)
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=trainer.label_smoothing)
+                loss = F.cross_entropy(logits.float(), target, label_smoothing=trainer.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if schedule is not None:
                 schedule.step()
+            if ema is not None:
+                ema.update(model)
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == yb).sum()
         train_loss = loss_sum.item() / n
@@ -106,7 +119,7 @@ def fit(
             status = "diverged"
             log.warning("epoch %d: training loss is %s; stopping, keeping epoch %d", epoch, train_loss, best_epoch)
             break
-        val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, autocast)
+        val_loss, val_acc = evaluate(judged, splits.x_val, splits.y_val, autocast)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -119,7 +132,7 @@ def fit(
         history.append(row)
         improved = val_acc > best_acc
         if improved:
-            best_acc, best_epoch, best_state = val_acc, epoch, _snapshot(model)
+            best_acc, best_epoch, best_state = val_acc, epoch, _snapshot(judged)
         epoch_log.info(
             "epoch %3d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%%s  %8s img/s",
             epoch,
@@ -139,35 +152,72 @@ def fit(
             epoch_log.info("early stop: no better val_acc for %d epochs; best epoch %d", trainer.patience, best_epoch)
             break
 
-    model.load_state_dict(best_state)
+    model.load_state_dict(best_state)  # with trainer.ema, the averaged weights
     val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, autocast)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    epochs_run = len(history) + (status == "diverged")
+    tta = {}
+    if trainer.get("tta"):
+        tta = {
+            "val_acc_tta": evaluate(model, splits.x_val, splits.y_val, autocast, flips=True)[1],
+            "test_acc_tta": evaluate(model, splits.x_test, splits.y_test, autocast, flips=True)[1],
+        }
     return Metrics(
         train_acc=evaluate(model, splits.x_train, splits.y_train, autocast)[1],
         val_acc=val_acc,
         test_acc=evaluate(model, splits.x_test, splits.y_test, autocast)[1],
         val_loss=val_loss,
         best_epoch=best_epoch,
-        epochs_run=len(history) + (status == "diverged"),
+        epochs_run=epochs_run,
         epochs_planned=int(trainer.epochs),
         status=status,
         seconds=time.perf_counter() - start,
         images_per_second=images_seen / train_seconds if train_seconds else 0.0,
-        params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        params=params,
+        train_images=n,
+        train_tflop=6 * params * n * epochs_run / 1e12,
         history=history,
+        **tta,
     )
 
 
+class Averaged:
+    """An exponential moving average of a model's weights, updated after every optimizer step:
+    avg <- d avg + (1 - d) w, with d = min(decay, (1 + t) / (10 + t)) at step t, so that the first
+    steps' random weights fade at once. Buffers (BatchNorm statistics) are copied, not averaged."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.decay, self.steps = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        self.steps += 1
+        mine, theirs = list(self.model.parameters()), [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(mine, theirs, 1 - d)
+        for a, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            a.copy_(b)
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: Any = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy, in large batches, eval mode."""
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: Any = None, flips: bool = False
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy, in large batches, eval mode. With flips, each image's class
+    probabilities are the mean of its own and its mirror image's."""
     model.eval()
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for i in range(0, len(y), EVAL_BATCH):
+        xb, yb = x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]
         with autocast or contextlib.nullcontext():
-            logits = model(x[i : i + EVAL_BATCH]).float()
-        loss += F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="sum")
-        correct += (logits.argmax(1) == y[i : i + EVAL_BATCH]).sum()
+            logits = model(xb).float()
+            if flips:
+                mirrored = model(xb.flip(3)).float()
+                logits = ((logits.softmax(1) + mirrored.softmax(1)) / 2).log()  # log of the mean probabilities
+        loss += F.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
     return loss.item() / len(y), correct.item() / len(y)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mlp_sweep.augment import Batcher, random_crop
+from mlp_sweep.augment import Batcher, Mixer, random_crop
 
 MEAN = torch.full((1, 3, 1, 1), 120.0)
 STD = torch.full((1, 3, 1, 1), 60.0)
@@ -109,3 +109,46 @@ def test_batcher_selects_the_indexed_images():
             for dy in range(-4, 5)
             for dx in range(-4, 5)
         )
+
+
+def test_mixup_mixes_images_and_labels_in_the_same_share():
+    n = 16
+    x = torch.eye(n).reshape(n, 1, 1, n)  # image i is a one at pixel i: a mix shows who went in
+    y = torch.arange(n)  # a class of its own each
+    mixed, target = Mixer(mixup=0.4, cutmix=0.0, n_classes=n, seed=0)(x.clone(), y, gen())
+    weights = mixed.reshape(n, n)
+    assert torch.allclose(weights, target)  # the same partners, in the same shares
+    assert torch.allclose(target.sum(1), torch.ones(n))
+    own = target.diagonal()
+    assert (target > 0).sum(1).max() == 2 and len(set(own.tolist())) == 1  # one lam for the batch
+    assert 0 < own[0] < 1
+
+
+def test_cutmix_pastes_a_box_and_labels_by_its_area():
+    n = 12
+    x = torch.arange(n, dtype=torch.float32).reshape(n, 1, 1, 1).expand(n, 1, 8, 8).clone()  # image i is all i
+    y = torch.arange(n)
+    mixer = Mixer(mixup=0.0, cutmix=1.0, n_classes=n, seed=3)
+    for _ in range(5):
+        mixed, target = mixer(x.clone(), y, gen())
+        for i in range(n):
+            values, counts = mixed[i].unique(return_counts=True)
+            shares = dict(zip(values.long().tolist(), (counts / 64).tolist(), strict=True))
+            expected = {c: w for c, w in enumerate(target[i].tolist()) if w > 0}
+            assert shares.keys() == expected.keys() and len(shares) <= 2
+            assert all(abs(shares[c] - expected[c]) < 1e-6 for c in shares)
+        pasted = (mixed[0] != 0).squeeze(0).nonzero()
+        if len(pasted):  # one rectangle
+            (r0, c0), (r1, c1) = pasted.min(0).values, pasted.max(0).values
+            assert len(pasted) == (r1 - r0 + 1) * (c1 - c0 + 1)
+
+
+def test_mixup_and_cutmix_together_use_one_of_them_a_batch():
+    n = 8
+    x = torch.randn(n, 1, 8, 8)
+    mixer = Mixer(mixup=1.0, cutmix=1.0, n_classes=n, seed=0)
+    kinds = set()
+    for _ in range(20):
+        mixed, _ = mixer(x.clone(), torch.arange(n), gen())
+        kinds.add("cutmix" if bool(((mixed == x).all(1).flatten(1).any(1)).all()) else "mixup")
+    assert kinds == {"mixup", "cutmix"}

@@ -40,3 +40,33 @@ def test_all_problems_reported_at_once(cfg_of):
 
 def test_nesterov_needs_momentum(cfg_of):
     assert "needs optimizer.momentum > 0" in problems(cfg_of("optimizer=sgd", "optimizer.momentum=0"))[0]
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data.whiten=pcaa", "data.whiten='pcaa' is not allowed: use one of none, pca, zca"),
+        ("data.whiten_eps=0", "data.whiten_eps=0 is not allowed: use a number > 0"),
+        ("augment.mixup=-0.2", "augment.mixup=-0.2 is not allowed: use a number >= 0 (alpha of Beta"),
+        ("augment.cutmix=nan", "augment.cutmix=nan is not allowed: use a number >= 0"),
+        ("trainer.ema=1.0", "trainer.ema=1.0 is not allowed: use null (off) or a decay in (0, 1)"),
+        ("trainer.ema=0", "trainer.ema=0 is not allowed"),
+        ("trainer.tta=maybe", "trainer.tta='maybe' is not allowed: use true or false"),
+    ],
+)
+def test_new_options_out_of_range_are_refused(cfg_of, override, expected):
+    with pytest.raises(UserError) as err:
+        check(cfg_of(override))
+    assert expected in str(err.value)
+
+
+def test_whitening_refuses_what_needs_pixels(cfg_of):
+    [pca] = problems(cfg_of("data.whiten=pca", "augment=flip_crop", "augment.cutmix=1", "trainer.tta=true"))
+    for key in ("augment.flip=True", "augment.crop_padding=4", "augment.cutmix=1", "trainer.tta=True"):
+        assert key in pca
+    assert "use data.whiten=zca" in pca
+    [zca] = problems(cfg_of("data.whiten=zca", "augment=full"))
+    assert "augment.brightness=0.2, augment.saturation=0.2" in zca and "augment.flip" not in zca
+    ok = ("data.whiten=zca", "augment=flip_crop", "augment.mixup=0.2", "augment.cutmix=1", "trainer.tta=true")
+    assert problems(cfg_of(*ok, "trainer.ema=0.999")) == []
+    assert problems(cfg_of("data.whiten=pca", "augment.mixup=0.2")) == []

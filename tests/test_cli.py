@@ -1,10 +1,12 @@
 import json
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from mlp_sweep.data import PREPARED
 
-from .conftest import run_cli, write_archive
+from .conftest import CONF, run_cli, write_archive
 
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
@@ -40,6 +42,32 @@ def test_digits_run_writes_metrics_curves_and_weights(tmp_path):
     log = res.stdout + res.stderr
     assert log.count("img/s") >= 4  # one line per epoch
     assert "validation" in log and f"{metrics['test_acc']:8.2%}" in log
+
+
+def test_the_saved_model_holds_the_averaged_weights_and_tta_is_in_the_metrics(tmp_path):
+    from mlp_sweep import data
+    from mlp_sweep.model import build
+    from mlp_sweep.train import evaluate
+
+    runs = {}
+    for name, extra in (("ema", ("trainer.ema=0.9", "trainer.tta=true")), ("raw", ())):
+        out = tmp_path / name
+        res = run_cli(
+            "data=digits", "trainer.epochs=3", "trainer.patience=0", f"hydra.run.dir={out}", *extra, cwd=tmp_path
+        )
+        assert res.returncode == 0, res.stderr
+        runs[name] = (check_run_dir(out, 3), torch.load(out / "model.pt"), res.stdout + res.stderr)
+    metrics, weights, log = runs["ema"]
+    assert 0 < metrics["val_acc_tta"] <= 1 and 0 < metrics["test_acc_tta"] <= 1
+    assert "with flips" in log and f"{metrics['test_acc_tta']:8.2%}" in log
+    assert runs["raw"][0]["val_acc_tta"] is None
+    cfg = OmegaConf.load(CONF / "data" / "digits.yaml")
+    splits = data.load(cfg, OmegaConf.create({"train": 20000, "val": 4000}), 0, "cpu")
+    model = build(splits.in_features, splits.n_classes, **OmegaConf.load(CONF / "model" / "mlp.yaml"))
+    model.load_state_dict(weights)  # what was saved is what was validated and reported
+    assert evaluate(model, splits.x_val, splits.y_val)[1] == metrics["val_acc"]
+    assert evaluate(model, splits.x_val, splits.y_val, flips=True)[1] == metrics["val_acc_tta"]
+    assert any(not torch.equal(weights[k], runs["raw"][1][k]) for k in weights)
 
 
 def test_default_output_dir_is_under_outputs_of_the_launch_dir(tmp_path):

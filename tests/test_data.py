@@ -184,3 +184,56 @@ def test_real_cifar10_file(cifar_dir):
     assert raw.x_train.shape == (50000, 32, 32, 3) and raw.x_test.shape == (10000, 32, 32, 3)
     assert list(raw.y_train[:10]) == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
     assert np.bincount(raw.y_train).tolist() == [5000] * 10
+
+
+def covariance(x):
+    xc = x.flatten(1).double()
+    xc = xc - xc.mean(0)
+    return xc.T @ xc / (len(xc) - 1)
+
+
+@pytest.mark.parametrize("kind", ["pca", "zca"])
+def test_whitening_gives_an_identity_covariance(kind):
+    g = torch.Generator().manual_seed(0)
+    mixing = torch.randn(12, 12, generator=g) * torch.logspace(-1, 1, 12)  # correlated, scales 0.1 to 10
+    x = torch.randn(4000, 12, generator=g) @ mixing + 3
+    centre, w = data.whitening(x, kind, eps=1e-6)
+    white = (x - centre) @ w
+    assert torch.allclose(covariance(white), torch.eye(12, dtype=torch.float64), atol=2e-3)
+    if kind == "zca":  # symmetric: the whitened data closest to the original
+        assert torch.allclose(w, w.T, atol=1e-4)
+    else:  # components by falling variance: column k is u_k / sqrt(l_k), so its norm grows with k
+        norms = w.norm(dim=0)
+        assert torch.all(norms[1:] >= norms[:-1] * (1 - 1e-4)) and norms[-1] > 10 * norms[0]
+    # eps shrinks the directions of small variance: never blown up beyond the variance they have
+    _, shrunk = data.whitening(x, kind, eps=1.0)
+    assert torch.linalg.eigvalsh(covariance((x - centre) @ shrunk)).max() < 1
+
+
+@pytest.mark.parametrize("kind", ["pca", "zca"])
+def test_whitening_is_fitted_on_the_training_split_once_per_process(kind):
+    cfg = OmegaConf.load("conf/data/digits.yaml")
+    plain = data.load(cfg, size(1000, 200), seed=0, device="cpu")
+    cfg.whiten, cfg.whiten_eps = kind, 1e-4
+    s = data.load(cfg, size(1000, 200), seed=0, device="cpu")
+    assert s.whiten == kind and s.x_train.shape == plain.x_train.shape
+    # the training images: unit variance and uncorrelated along every direction in which they vary
+    # (some digits pixels never do: they stay 0); no direction ends with more variance than 1
+    values, vectors = torch.linalg.eigh(covariance(plain.x_train))
+    k = int((values > 1e-2).sum())
+    assert k > 40
+    if kind == "zca":  # pixel space: look along the directions in which the pixels vary
+        varying = vectors[:, values > 1e-2]
+        block = varying.T @ covariance(s.x_train) @ varying
+    else:  # components, the varying ones first
+        block = covariance(s.x_train)[:k, :k]
+    assert torch.allclose(block, torch.eye(k, dtype=torch.float64), atol=0.02)
+    assert torch.linalg.eigvalsh(covariance(s.x_train)).max() < 1.001
+    # val and test go through the transform fitted on train, not their own
+    centre, w = data.whitening(plain.x_train.flatten(1), kind, 1e-4)
+    for mine, before in ((s.x_val, plain.x_val), (s.x_test, plain.x_test)):
+        assert torch.allclose(mine.flatten(1), (before.flatten(1) - centre) @ w, atol=1e-4)
+    assert not torch.allclose(covariance(s.x_val), torch.eye(64, dtype=torch.float64), atol=0.05)
+    assert data.load(cfg, size(1000, 200), seed=0, device="cpu") is s  # cached: no refit for the next trial
+    cfg.whiten_eps = 1e-3
+    assert data.load(cfg, size(1000, 200), seed=0, device="cpu") is not s

@@ -2,11 +2,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
+from torch import nn
 
 from mlp_sweep import data
 from mlp_sweep.model import build
-from mlp_sweep.train import evaluate, fit
+from mlp_sweep.train import Averaged, evaluate, fit
 
 
 def run(cfg):
@@ -115,3 +117,65 @@ def test_a_callback_that_says_stop_prunes_the_run_and_keeps_the_best_weights(cfg
     assert [e for e, _ in seen] == [1, 2, 3] and [row["epoch"] for row in m.history] == [1, 2, 3]
     assert m.status == "pruned" and m.epochs_run == 3 and m.epochs_planned == 10
     assert m.val_acc == pytest.approx(max(v for _, v in seen))
+
+
+def test_the_average_follows_the_weights_with_its_decay():
+    model = nn.Linear(3, 2)
+    avg = Averaged(model, decay=0.8)
+    start = model.weight.detach().clone()
+    expected = start.clone()
+    for t in range(40):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        avg.update(model)
+        d = min(0.8, (1 + t) / (10 + t))  # early steps forget the random start quickly
+        expected = d * expected + (1 - d) * (start + t + 1)
+    assert torch.allclose(avg.model.weight, expected, atol=1e-5)
+    assert not torch.allclose(avg.model.weight, model.weight)
+    assert not avg.model.weight.requires_grad
+
+
+def test_ema_weights_are_validated_and_kept_and_are_not_the_raw_ones(cfg_of):
+    common = ("data=digits", "trainer.epochs=1", "trainer.patience=0")
+    raw_model, splits, _ = run(cfg_of(*common))
+    ema_model, _, m = run(cfg_of(*common, "trainer.ema=0.9"))
+    # both runs train the same raw weights (same seed); the EMA run keeps their average instead
+    raw, kept = raw_model.state_dict(), ema_model.state_dict()
+    assert any(not torch.allclose(raw[k], kept[k]) for k in raw)
+    assert m.val_acc == evaluate(ema_model, splits.x_val, splits.y_val)[1] == m.history[0]["val_acc"]
+
+
+def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    x, y = torch.randn(50, 3, 4, 4), torch.randint(0, 3, (50,))
+    loss, acc = evaluate(model, x, y, flips=True)
+    with torch.no_grad():
+        probs = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2
+    assert acc == (probs.argmax(1) == y).sum().item() / len(y)
+    assert loss == pytest.approx(F.nll_loss(probs.log(), y).item(), rel=1e-5)
+    assert (acc, loss) != evaluate(model, x, y)
+
+
+def test_tta_figures_are_reported_beside_the_plain_ones_only_when_asked(cfg_of):
+    model, splits, m = run(cfg_of("data=digits", "trainer.epochs=2", "trainer.tta=true"))
+    assert m.val_acc_tta == evaluate(model, splits.x_val, splits.y_val, flips=True)[1]
+    assert m.test_acc_tta == evaluate(model, splits.x_test, splits.y_test, flips=True)[1]
+    assert m.val_acc == evaluate(model, splits.x_val, splits.y_val)[1]  # the plain figure stays plain
+    _, _, plain = run(cfg_of("data=digits", "trainer.epochs=2"))
+    assert plain.val_acc_tta is None and plain.test_acc_tta is None
+
+
+def test_whitened_mixed_averaged_training_learns(cfg_of):
+    cfg = cfg_of(
+        "data=digits",
+        "data.whiten=zca",
+        "augment.mixup=0.2",
+        "augment.cutmix=0.5",
+        "trainer.ema=0.95",
+        "trainer.epochs=8",
+        "trainer.patience=0",
+        "optimizer.lr=3e-3",
+    )
+    _, _, m = run(cfg)
+    assert m.status == "ok" and m.val_acc > 0.8

@@ -1,0 +1,97 @@
+"""What each option adds to a recipe on CIFAR-10: seeded single runs of the CLI, side by side, with
+the training budget of each counted as 6 x parameters x training images x epochs run (TFLOP).
+
+    python benchmarks/ablation.py                                  # experiment=best_mlp, its ablations, 3 seeds
+    python benchmarks/ablation.py --seeds 0 --base trainer.epochs=20 --only recipe no_zca
+    python benchmarks/ablation.py --out outputs/ablation           # finished runs there are reused
+
+Each row is the recipe with one option turned off (or, for the baseline, all of them). Prints
+per-run figures as they come, then a table: test accuracy (plain and with flipped test images),
+mean +- standard deviation over the seeds, the lowest seed, seconds per run and TFLOP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# name -> overrides on top of the recipe; the recipe's own option values are the ones in best_mlp.yaml
+VARIANTS = {
+    "recipe": (),
+    "no_zca": ("data.whiten=none",),
+    "no_mixup": ("augment.mixup=0", "augment.cutmix=0"),
+    "no_ema": ("trainer.ema=null",),
+    "baseline": ("data.whiten=none", "augment.mixup=0", "augment.cutmix=0", "trainer.ema=null"),
+}
+
+
+def run(out: Path, name: str, seed: int, overrides: tuple[str, ...], threads: int) -> dict:
+    where = out / f"{name}-seed{seed}"
+    metrics_file = where / "metrics.json"
+    if not metrics_file.is_file():
+        command = [
+            sys.executable,
+            "-m",
+            "mlp_sweep",
+            "experiment=best_mlp",
+            *overrides,
+            f"trainer.seed={seed}",
+            f"trainer.threads={threads}",
+            "trainer.tta=true",
+            "save_model=false",
+            f"hydra.run.dir={where}",
+        ]
+        t0 = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        print(f"  ({time.perf_counter() - t0:.0f} s wall)", end="")
+    return json.loads(metrics_file.read_text())
+
+
+def summary(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--base", nargs="*", default=[], help="overrides for every run, e.g. trainer.epochs=20")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads a run (0 = all cores)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/ablation"))
+    args = parser.parse_args()
+
+    rows = {}
+    for name in args.only:
+        runs = []
+        for seed in args.seeds:
+            print(f"{name} seed {seed}", end="", flush=True)
+            m = run(args.out, name, seed, (*VARIANTS[name], *args.base), args.threads)
+            runs.append(m)
+            print(
+                f": test {100 * m['test_acc']:.2f} %, with flips {100 * m['test_acc_tta']:.2f} %, "
+                f"{m['seconds']:.0f} s, {m['train_tflop']:.1f} TFLOP",
+                flush=True,
+            )
+        rows[name] = runs
+
+    print("\n| variant | test accuracy % | with flipped test images % | lowest seed % | seconds | TFLOP |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, runs in rows.items():
+        tests = [r["test_acc"] for r in runs]
+        print(
+            f"| {name} ({', '.join(VARIANTS[name]) or 'as in best_mlp.yaml'}) | {summary(tests)} | "
+            f"{summary([r['test_acc_tta'] for r in runs])} | {100 * min(tests):.2f} | "
+            f"{statistics.median(r['seconds'] for r in runs):.0f} | {runs[0]['train_tflop']:.1f} |"
+        )
+    print(f"\n{len(args.seeds)} seed(s) each: {args.seeds}; every run: experiment=best_mlp {' '.join(args.base)}")
+
+
+if __name__ == "__main__":
+    main()
