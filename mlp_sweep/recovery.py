@@ -46,6 +46,14 @@ def live_trial(study: optuna.Study, number: int) -> optuna.Trial:
     return optuna.Trial(study, tid)
 
 
+def queued_params(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any] | None:
+    """The parameters a trial took from the study's queue (enqueue_trial), or None. Optuna keeps
+    them as the trial's system attribute `fixed_params`; a live Trial has no public getter for
+    system attributes (its `system_attrs` is deprecated), so this reads the storage."""
+    queued = study._storage.get_trial_system_attrs(trial_id(trial)).get("fixed_params")
+    return dict(queued) if queued else None
+
+
 def fail_trial(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
     """FAIL a running trial with its reason; False when another process had already finished it."""
     try:

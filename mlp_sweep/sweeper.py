@@ -398,10 +398,10 @@ class StudySweeper(OptunaSweeperImpl):
         if ahead < plan.n_trials:
             return False
         self._forget(trial, heartbeat)
-        queued = study._storage.get_trial_system_attrs(recovery.trial_id(trial)).get("fixed_params")
+        queued = recovery.queued_params(study, trial)
         attrs = {k: v for k, v in trial.user_attrs.items() if k != "worker"}
         if fail_trial(study, trial, recovery.SURPLUS) and queued:
-            study.enqueue_trial(dict(queued), user_attrs=attrs, skip_if_exists=False)
+            study.enqueue_trial(queued, user_attrs=attrs, skip_if_exists=False)
         log.info("trial %d not run: the study reached its target of %d trials", trial.number, plan.n_trials)
         return True
 
