@@ -297,8 +297,10 @@ class StudySweeper(OptunaSweeperImpl):
                     todo = plan.n_trials - done - len(others) - len(self.in_flight)
                     scanned, stored = time.monotonic(), len(trials)
                 if todo > 0 and not stopping and len(self.in_flight) < self.n_jobs:
-                    started = self._start(study, plan, heartbeat, launches, stored)
-                    todo, stored = (todo - 1, stored + 1) if started else (0, stored)
+                    if self._start(study, plan, heartbeat, launches, stored):
+                        todo, stored = todo - 1, stored + 1
+                    else:  # the study filled up since the last scan: look again at who runs what
+                        scanned = 0.0
                     continue
                 if self.in_flight:
                     ended = launches.wait(timeout=1.0)
