@@ -2,13 +2,10 @@
 on SQLite and on real servers (PostgreSQL, MariaDB, Redis); Ray and submitit launchers."""
 
 import contextlib
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
@@ -21,31 +18,17 @@ from mlp_sweep.storage import open_storage
 from mlp_sweep.sweeper import StudySweeper
 
 from .conftest import run_cli
-from .sweeps import BEAT, LONG, finish, no_running, start, study, sweep, wait_running
+from .sweeps import BEAT, LONG, SPHERE, finish, no_running, start, study, sweep, wait_running
 from .test_storages import server, study_name  # noqa: F401 - a fixture
 
-APP = Path(__file__).parent / "apps" / "sphere.py"
 pytestmark = pytest.mark.slow
-
-
-def app(tmp_path, *args):
-    """The non-mlp_sweep app, started in the background."""
-    env = {**os.environ}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen(
-        [sys.executable, str(APP), "-m", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def test_a_trial_that_ends_frees_its_place_at_once(tmp_path):
     # trial 0 sleeps 6 x 0.5 s; meanwhile the other place runs trials 1, 2, 3, ... one after another
-    proc = app(tmp_path, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=5", "seconds=0.5")
-    out, _ = proc.communicate(timeout=180)
+    args = ("hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=5", "seconds=0.5")
+    proc = start(tmp_path, *args, app=SPHERE)
+    out = finish(proc, 180)
     assert proc.returncode == 0, out
     trials = optuna.load_study(study_name="sphere", storage=f"sqlite:///{tmp_path}/sphere.db").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
@@ -59,12 +42,9 @@ def test_a_trial_that_ends_frees_its_place_at_once(tmp_path):
 
 def exact_target(url, tmp_path, name, workers=3, n_trials=5):
     """`workers` processes on one study: it ends with exactly n_trials trials that count."""
-    storage = f"hydra.sweeper.storage={url}"
-    procs = [
-        app(tmp_path, storage, f"hydra.sweeper.study_name={name}", f"hydra.sweeper.n_trials={n_trials}", "seconds=0.1")
-        for _ in range(workers)
-    ]
-    outs = [p.communicate(timeout=240)[0] for p in procs]
+    args = (f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={name}", f"hydra.sweeper.n_trials={n_trials}")
+    procs = [start(tmp_path, *args, "seconds=0.1", app=SPHERE) for _ in range(workers)]
+    outs = [finish(p, 240) for p in procs]
     assert [p.returncode for p in procs] == [0] * workers, outs
     trials = optuna.load_study(study_name=name, storage=open_storage(url, 10, None)).trials
     ran = [t for t in trials if t.user_attrs.get("fail_reason") != "surplus"]
