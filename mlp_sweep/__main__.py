@@ -10,11 +10,11 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra_study_sweeper import job
 from omegaconf import DictConfig, OmegaConf
 
 from .checks import check, directions, metric_list
 from .errors import UserError, fail
-from .job import cores, current_trial, reporter_for
 
 log = logging.getLogger("mlp_sweep")
 _PACKAGE = Path(__file__).resolve().parent
@@ -40,16 +40,16 @@ def train_one(cfg: DictConfig) -> float | tuple[float, ...]:
 
     from . import data
     from .model import build
-    from .train import fit, pick_device, set_threads
+    from .train import cores, fit, pick_device, set_threads
 
     hydra_cfg = HydraConfig.get()
     out = Path(hydra_cfg.runtime.output_dir)
     device = pick_device(cfg.trainer.device)
-    threads = set_threads(cfg.trainer.threads, parallel_jobs(hydra_cfg))
+    threads = set_threads(cfg.trainer.threads, parallel_jobs(hydra_cfg, cores()))
     splits = data.load(cfg.data, cfg.data_size, cfg.trainer.seed, device)
     _seed(cfg.trainer.seed)
     model = build(splits.in_features, splits.n_classes, **cfg.model)
-    trial = current_trial()
+    trial = job.current_trial()
     if hydra_cfg.mode == RunMode.MULTIRUN and not cfg.verbose:
         quiet_console()
     if trial is not None:
@@ -64,9 +64,10 @@ def train_one(cfg: DictConfig) -> float | tuple[float, ...]:
         threads,
         f"{sum(p.numel() for p in model.parameters()):,}",
     )
-    metrics_names = metric_list(cfg.optimized_metric)
-    reporter = reporter_for(metrics_names[0]) if len(metrics_names) == 1 else None
-    metrics = fit(model, splits, instantiate(cfg.optimizer), cfg.trainer, cfg.augment, on_epoch=reporter)
+    objective = metric_list(cfg.optimized_metric)[0]
+    reporter = job.reporter(objective, unit="epoch")  # the sweep's channel: None in a single run
+    on_epoch = None if reporter is None else lambda epoch, row: reporter(epoch, row.get(objective))
+    metrics = fit(model, splits, instantiate(cfg.optimizer), cfg.trainer, cfg.augment, on_epoch=on_epoch)
     extra = {}
     if metrics.status == "pruned":
         logging.getLogger("mlp_sweep.epochs").info("%s", reporter.reason)
@@ -98,7 +99,7 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def parallel_jobs(hydra_cfg: DictConfig) -> int:
+def parallel_jobs(hydra_cfg: DictConfig, available: int) -> int:
     """Jobs sharing this machine's cores in this sweep: the launcher's workers (-1 = one per core)
     or, for launchers without a worker count (ray, submitit_local), the sweeper's n_jobs; at most
     the trials the sweeper runs at a time. 1 for a single run, the sequential basic launcher, and
@@ -112,7 +113,7 @@ def parallel_jobs(hydra_cfg: DictConfig) -> int:
     if "n_jobs" not in launcher:
         return max(1, at_once)
     workers = int(launcher.n_jobs)
-    workers = cores() if workers < 0 else workers
+    workers = available if workers < 0 else workers
     return max(1, min(workers, at_once))
 
 

@@ -71,10 +71,13 @@ class SummarizeGrid(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
             return  # the project's sweeper writes its own report from the study
-        from .report import rows_from_dirs, write_report
+        from hydra_study_sweeper.summary import Layout, rows_from_dirs, write
+
+        from .report import preset_settings
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if sweep_dir.is_dir():
+            s = preset_settings()
             metrics = [str(m) for m in metric_list(config.optimized_metric)]
-            rows = rows_from_dirs(sweep_dir, metrics)
-            print(write_report(rows, sweep_dir, metrics=metrics, directions=directions(metrics)))
+            layout = Layout(metrics, directions(metrics), list(s.summary_columns), dict(s.formats), s.summary_hook)
+            print(write(rows_from_dirs(sweep_dir, s.results_file, metrics, layout.columns), sweep_dir, layout))

@@ -7,6 +7,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,6 @@ from torch import nn
 
 from .augment import Batcher, Mixer
 from .data import Splits
-from .job import cores, raise_pending_interrupt
 
 log = logging.getLogger(__name__)
 epoch_log = logging.getLogger("mlp_sweep.epochs")  # one line an epoch; a sweep keeps them in each trial's log file
@@ -53,6 +53,14 @@ def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def cores() -> int:
+    """The cores this process may use (a SLURM allocation or `taskset` give fewer than the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def set_threads(threads: int, parallel_jobs: int = 1) -> int:
@@ -144,7 +152,6 @@ def fit(
             " *" if improved else "  ",
             f"{row['images_per_second']:,.0f}",
         )
-        raise_pending_interrupt()
         if on_epoch is not None and not on_epoch(epoch, row):
             status = "pruned"
             break

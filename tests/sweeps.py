@@ -7,14 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from .conftest import run_cli
 
-SPHERE = Path(__file__).parent / "apps" / "sphere.py"  # a Hydra app that is not ours
 FAST = ("data=digits", "trainer.epochs=2")
 # a trial of some seconds: long enough to signal while it trains, short enough to rerun; pruning
 # stays on, with a pruner that cannot stop anyone among these few trials (five finish first)

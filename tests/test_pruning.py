@@ -30,7 +30,7 @@ def test_intermediate_values_are_the_epochs_of_metrics_json(tmp_path):
         assert all(len(str(v)) <= 1024 for v in t.user_attrs.values())
     attrs = s.user_attrs
     assert attrs["hparams_search"] == "tpe" and attrs["data"] == "digits" and attrs["data_size"] == "20k"
-    assert "hydra.sweeper.n_trials=2" in attrs["command"] and attrs["mlp_sweep_version"]
+    assert "hydra.sweeper.n_trials=2" in attrs["command"] and attrs["sweeper_version"]
     log = res.stdout + res.stderr
     assert "epoch   1/4" not in log  # the console shows trials; the epochs stay in each trial's log
     assert "epoch   1/4" in (tmp_path / "outputs" / "sweeps" / s.study_name / "0" / "mlp_sweep.log").read_text()

@@ -3,9 +3,8 @@ of the stage before, their parameters queued first, a rerun resumes."""
 
 import optuna
 import pytest
+from hydra_study_sweeper.staged import narrow
 from optuna.trial import TrialState
-
-from mlp_sweep.staged import narrow
 
 from .sweeps import study, sweep
 

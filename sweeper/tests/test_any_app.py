@@ -1,10 +1,5 @@
-"""The sweeper on a Hydra app that is not mlp_sweep: single and multi-objective, bad returns,
+"""The sweeper on a Hydra app of its own: single and multi-objective, bad returns,
 command-line intervals, integer bounds."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import optuna
 import pytest
@@ -12,25 +7,13 @@ import yaml
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
-APP = Path(__file__).parent / "apps" / "sphere.py"
+from .helpers import study, sweep
+
 pytestmark = pytest.mark.slow
 
 
-def sweep(tmp_path, *args, timeout=120):
-    env = {**os.environ}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, str(APP), "-m", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def load(tmp_path, name="sphere"):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/sphere.db")
+    return study(tmp_path, name)
 
 
 def test_single_objective_app_needs_no_keys_of_ours(tmp_path):

@@ -8,7 +8,7 @@
 A password in the URL never reaches a log line, an error or a file the project writes: `masked()`
 replaces it. Better still, leave it out of the URL: libpq reads PGPASSWORD and ~/.pgpass, PyMySQL an
 option file (`mysql://user@host/db?read_default_file=~/.my.cnf`), and Hydra can take the whole URL
-from the environment (`hydra.sweeper.storage='${oc.env:MLP_SWEEP_STORAGE}'`).
+from the environment (`hydra.sweeper.storage='${oc.env:OPTUNA_STORAGE}'`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 import sqlalchemy
 
-from .errors import UserError
+from .errors import UserError, reason_of
 
 log = logging.getLogger(__name__)
 # the sweeper runs its own heartbeat thread around ask/tell, which Optuna's notes do not foresee
@@ -40,9 +40,9 @@ CONNECT_TIMEOUT = 10  # seconds to reach a database server before giving up
 STATEMENT_TIMEOUT = 30  # seconds one database round trip may take
 URL_HINT = "use sqlite:///PATH, postgresql://USER@HOST/DB, mysql://USER@HOST/DB, redis://HOST:PORT/DB or journal:PATH"
 DRIVERS = {  # URL scheme -> (SQLAlchemy driver to use when none is named, the package that provides it)
-    "postgresql": ("psycopg", "psycopg (pip install 'mlp-sweep[postgres]')"),
-    "mysql": ("pymysql", "PyMySQL (pip install 'mlp-sweep[mysql]')"),
-    "mariadb": ("pymysql", "PyMySQL (pip install 'mlp-sweep[mysql]')"),
+    "postgresql": ("psycopg", "psycopg (pip install 'hydra-study-sweeper[postgres]')"),
+    "mysql": ("pymysql", "PyMySQL (pip install 'hydra-study-sweeper[mysql]')"),
+    "mariadb": ("pymysql", "PyMySQL (pip install 'hydra-study-sweeper[mysql]')"),
 }
 
 
@@ -90,7 +90,7 @@ def open_storage(url: Any, heartbeat_interval: int | None, grace_period: int | N
 def _sqlite(url: str, parsed: Any, heartbeat_interval: int, grace_period: int | None) -> Any:
     path = Path(parsed.database).absolute() if parsed.database and parsed.database != ":memory:" else None
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(url, path)
         check_sqlite_file(path)
     # Workers that start together on a new file race to create Optuna's tables (a UNIQUE constraint
     # on alembic_version fails in the loser): create them one process at a time.
@@ -101,6 +101,18 @@ def _sqlite(url: str, parsed: Any, heartbeat_interval: int, grace_period: int | 
     sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
     storage.engine.dispose()  # connections opened before the listener reconnect with it
     return storage
+
+
+def make_parent(url: str, path: Path) -> None:
+    """The storage file's folder, made if need be; a path through a file or an unwritable folder is
+    named with the setting."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"hydra.sweeper.storage={masked(url)!r}: cannot make the folder {path.parent} "
+            f"({err.strerror or err}); use a path under a folder you can write to"
+        ) from None
 
 
 def _server(parsed: Any, heartbeat_interval: int, grace_period: int | None) -> Any:
@@ -148,8 +160,7 @@ def _rdb(
     except sqlalchemy.exc.DBAPIError as err:  # cannot connect, refused login, an option the driver rejects
         if race_raises and _lost_creation_race(err):
             raise
-        reason = scrub(str(err.orig or err).strip().splitlines()[0], url)
-        raise UserError(f"cannot use the storage {masked(url)}: {reason}") from None
+        raise UserError(f"cannot use the storage {masked(url)}: {scrub(reason_of(err), url)}") from None
 
 
 def _lost_creation_race(err: Exception) -> bool:
@@ -163,7 +174,8 @@ def _redis(url: str) -> Any:
     try:
         import redis
     except ImportError:
-        raise UserError(f"hydra.sweeper.storage={masked(url)!r} needs redis (pip install 'mlp-sweep[redis]')") from None
+        package = "redis (pip install 'hydra-study-sweeper[redis]')"
+        raise UserError(f"hydra.sweeper.storage={masked(url)!r} needs {package}") from None
     from optuna.storages.journal import JournalRedisBackend
 
     try:  # the backend connects lazily: an unusable server should fail here, within CONNECT_TIMEOUT
@@ -177,7 +189,7 @@ def _redis(url: str) -> Any:
 
 
 def _journal_file(path: Path, quiet: bool = False) -> Any:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(f"journal:{path}", path)
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
     lock = JournalFileOpenLock(str(path))

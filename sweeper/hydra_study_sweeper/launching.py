@@ -10,6 +10,7 @@ process's logging, environment and working directory while a job runs).
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import signal
 import threading
@@ -43,7 +44,7 @@ class Launches:
             return
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            ray.init(**OmegaConf.to_container(self.launcher.ray_cfg.init, resolve=True))
+            ray.init(**ray_init_options(OmegaConf.to_container(self.launcher.ray_cfg.init, resolve=True)))
         finally:
             for s, handler in handlers.items():
                 with contextlib.suppress(ValueError, TypeError):
@@ -97,3 +98,17 @@ class Launches:
             executor = reusable_executor._executor
             if executor is not None:
                 executor.shutdown(wait=False, kill_workers=True)
+
+
+def ray_init_options(options: dict[str, Any]) -> dict[str, Any]:
+    """ray.init's options with what every job needs from the sweeper's environment (a storage URL
+    with a password, kept out of the jobs' files): Ray tasks on other nodes do not inherit this
+    process's environment, but the job's runtime environment reaches them. It is never written to
+    the config or the jobs' folders."""
+    from .job import STORAGE_ENV
+
+    if STORAGE_ENV not in os.environ:
+        return options
+    runtime_env = dict(options.get("runtime_env") or {})
+    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), STORAGE_ENV: os.environ[STORAGE_ENV]}
+    return {**options, "runtime_env": runtime_env}

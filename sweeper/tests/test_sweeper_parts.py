@@ -8,14 +8,12 @@ import time
 
 import optuna
 import pytest
+from hydra_study_sweeper.errors import UserError
+from hydra_study_sweeper.recovery import counts_toward_target
+from hydra_study_sweeper.signals import interrupting, raise_pending
+from hydra_study_sweeper.space import Space, check_against_stored, check_enqueued
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
-
-from mlp_sweep.errors import UserError
-from mlp_sweep.job import raise_pending_interrupt
-from mlp_sweep.recovery import counts_toward_target
-from mlp_sweep.space import Space, check_against_stored, check_enqueued
-from mlp_sweep.sweeper import _signals_interrupt
 
 DISTS = {
     "optimizer.lr": FloatDistribution(1e-5, 1e-3, log=True),
@@ -62,8 +60,17 @@ def test_stored_space_conflicts_are_found_before_any_trial():
     )
     check_against_stored(study, SPACE)
     changed = Space({**DISTS, "model.activation": CategoricalDistribution(["relu", "gelu"])}, {}, (), False, None)
-    with pytest.raises(UserError, match="conflicts with choice"):
+    with pytest.raises(UserError, match=r"model.activation: choice\('relu', 'leaky_relu'\) in the study, choice"):
         check_against_stored(study, changed)
+    wider = Space(
+        {**DISTS, "model.activation": CategoricalDistribution(["relu", "leaky_relu", "gelu"])}, {}, (), False, None
+    )
+    with pytest.raises(UserError, match="allow_widening=true accepts"):
+        check_against_stored(study, wider)
+    assert list(check_against_stored(study, wider, allow_widening=True)) == ["model.activation"]
+    other_kind = Space({**DISTS, "model.activation": IntDistribution(1, 3)}, {}, (), False, None)
+    with pytest.raises(UserError, match="model.activation: int interval \\[1, 3\\] conflicts with choice"):
+        check_against_stored(study, other_kind, allow_widening=True)
 
 
 def test_a_ctrl_c_that_python_swallows_in_a_destructor_is_quiet_and_raised_at_the_next_check(monkeypatch):
@@ -75,8 +82,8 @@ def test_a_ctrl_c_that_python_swallows_in_a_destructor_is_quiet_and_raised_at_th
     reported = []
     monkeypatch.setattr(sys, "unraisablehook", reported.append)  # what would print the report
     reached = False
-    with pytest.raises(KeyboardInterrupt), _signals_interrupt():
+    with pytest.raises(KeyboardInterrupt), interrupting():
         Dropped()
         reached = True  # the interrupt did not come out of the destructor
-        raise_pending_interrupt()
+        raise_pending()
     assert reached and reported == []

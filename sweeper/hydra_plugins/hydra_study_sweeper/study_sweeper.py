@@ -1,10 +1,10 @@
-"""Hydra plugin entry: the stock Optuna sweeper's config keys, plus the project's settings.
+"""Hydra plugin entry: the stock Optuna sweeper's config keys, plus this sweeper's settings.
 
     defaults:
-      - override hydra/sweeper: mlp_sweep
+      - override hydra/sweeper: study
 
 Hydra imports this module whenever it scans plugins, so it stays light: Optuna and the
-implementation (mlp_sweep.sweeper) load only when a sweep starts.
+implementation (hydra_study_sweeper.sweeper) load only when a sweep starts.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import MISSING, DictConfig
+
+from hydra_study_sweeper.stock import SweeperConf
 
 
 # The pruner group, chosen like the sampler: hydra/sweeper/pruner=median (keys as Optuna's own).
@@ -60,8 +61,8 @@ class HyperbandPrunerConf:
 
 
 @dataclass
-class MlpSweepSweeperConf(OptunaSweeperConf):
-    _target_: str = "hydra_plugins.mlp_sweep_sweeper.mlp_sweep_sweeper.MlpSweepSweeper"
+class StudySweeperConf(SweeperConf):
+    _target_: str = "hydra_plugins.hydra_study_sweeper.study_sweeper.StudySweeperPlugin"
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     pruner: Any = MISSING  # hydra/sweeper/pruner=none|median|percentile|successive_halving|hyperband
     n_jobs: int = 1  # trials launched at once; >1 only pays with a parallel launcher (joblib)
@@ -73,20 +74,35 @@ class MlpSweepSweeperConf(OptunaSweeperConf):
     # names of the values the task returns, one per direction (shown in logs, summaries, the dashboard)
     metric_names: Any = None
     # dotted path of `problems(cfg) -> list[str]`: the app's own config checks, run on every
-    # choice and range end of the space before the first trial (mlp_sweep.checks.problems)
+    # choice and range end of the space before the first trial
     config_check: str | None = None
     # config keys that do not change an experiment (devices, threads): a rerun may differ in them
     identity_ignore: list[str] = field(default_factory=list)
-    # where each finished trial's curves.png, metrics.json and .hydra/config.yaml are uploaded
-    # (an Optuna artifact store for the dashboard); null: none
+    # a rerun may widen a range or add choices (recorded in the study); any other change is refused
+    allow_widening: bool = False
+    # a JSON file a job may leave in its folder: `record` keys become user attributes, `status`
+    # other than ok fails the trial (pruned prunes it); e.g. metrics.json
+    results_file: str | None = None
+    record: list[str] = field(default_factory=list)
+    # job files uploaded to artifact_dir as each trial ends (an Optuna artifact store for the dashboard)
+    artifacts: list[str] = field(default_factory=list)
     artifact_dir: str | None = None
-    # the course's staged search: [{data_size: 1k, n_trials: 16, keep: 0.25}, ...]; each stage is a
-    # study of its own whose space the previous stage's best `keep` share narrowed
+    # config groups whose choice is kept in the study's user attributes (e.g. [data, data_size])
+    context: list[str] = field(default_factory=list)
+    # an ad-hoc sweep (typed on the command line) gets a study named PREFIX-DIGEST
+    adhoc_prefix: str = "adhoc-${hydra.job.name}"
+    # user attributes shown as summary columns, formats of values (name: format spec, e.g. .2%), and
+    # a hook `fn(rows, ranked, out_dir, layout) -> markdown` that adds the app's own section and plots
+    summary_columns: list[str] = field(default_factory=list)
+    formats: dict[str, str] = field(default_factory=dict)
+    summary_hook: str | None = None
+    # a staged search: [{data_size: 1k, n_trials: 16, keep: 0.25}, ...]; each stage is a study of its
+    # own whose space the previous stage's best `keep` share narrowed
     stages: list[Any] = field(default_factory=list)
 
 
 _store = ConfigStore.instance()
-_store.store(group="hydra/sweeper", name="mlp_sweep", node=MlpSweepSweeperConf, provider="mlp_sweep")
+_store.store(group="hydra/sweeper", name="study", node=StudySweeperConf, provider="hydra-study-sweeper")
 for _name, _node in {
     "none": NopPrunerConf,
     "median": MedianPrunerConf,
@@ -94,12 +110,12 @@ for _name, _node in {
     "successive_halving": SuccessiveHalvingPrunerConf,
     "hyperband": HyperbandPrunerConf,
 }.items():
-    _store.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="mlp_sweep")
+    _store.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="hydra-study-sweeper")
 
 
-class MlpSweepSweeper(Sweeper):
+class StudySweeperPlugin(Sweeper):
     def __init__(self, **kwargs: Any) -> None:
-        from mlp_sweep.sweeper import StudySweeper
+        from hydra_study_sweeper.sweeper import StudySweeper
 
         self.sweeper = StudySweeper(**kwargs)
 
@@ -107,7 +123,7 @@ class MlpSweepSweeper(Sweeper):
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        from mlp_sweep.errors import SweepExit, UserError
+        from hydra_study_sweeper.errors import SweepExit, UserError
 
         try:
             return self.sweeper.sweep(arguments)

@@ -15,17 +15,16 @@ from urllib.parse import urlsplit
 
 import optuna
 import pytest
+from hydra_study_sweeper.storage import masked, open_storage
 
-from mlp_sweep.storage import masked, open_storage
-
-from .sweeps import FAST, sweep
+from .helpers import SPHERE, sweep
 
 pytestmark = pytest.mark.slow
 
 SERVERS = {
-    "postgresql": os.environ.get("MLP_SWEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"),
-    "mysql": os.environ.get("MLP_SWEEP_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test"),
-    "redis": os.environ.get("MLP_SWEEP_TEST_REDIS", "redis://127.0.0.1:6379/0"),
+    "postgresql": os.environ.get("SWEEPER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"),
+    "mysql": os.environ.get("SWEEPER_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test"),
+    "redis": os.environ.get("SWEEPER_TEST_REDIS", "redis://127.0.0.1:6379/0"),
 }
 
 
@@ -38,7 +37,7 @@ def server(kind: str) -> str:
     except OSError as err:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{kind} server {masked(url)} is expected under CI=true and cannot be reached: {err}")
-        pytest.skip(f"no {kind} server at {masked(url)} ({err}); set MLP_SWEEP_TEST_{kind.upper()}")
+        pytest.skip(f"no {kind} server at {masked(url)} ({err}); set SWEEPER_TEST_{kind.upper()}")
     return url
 
 
@@ -55,7 +54,7 @@ def study_name():
 @pytest.mark.parametrize("kind", ["postgresql", "mysql", "redis"])
 def test_a_sweep_on_a_server_storage_runs_and_resumes(tmp_path, kind, study_name):
     url = server(kind)
-    args = (*FAST, f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={study_name}", "hydra.sweeper.n_trials=2")
+    args = (f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={study_name}", "hydra.sweeper.n_trials=2")
     res = sweep(tmp_path, *args)
     assert res.returncode == 0, res.stderr
     res = sweep(tmp_path, *args)
@@ -68,7 +67,7 @@ def test_a_password_in_the_url_never_reaches_output_or_files(tmp_path, study_nam
     parts = urlsplit(server("postgresql"))
     secret = "S3cret-" + uuid.uuid4().hex[:6]  # the local server trusts any password
     url = f"{parts.scheme}://{parts.username}:{secret}@{parts.hostname}:{parts.port}{parts.path}"
-    args = (*FAST, f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={study_name}", "hydra.sweeper.n_trials=1")
+    args = (f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={study_name}", "hydra.sweeper.n_trials=1")
     res = sweep(tmp_path, *args)
     assert res.returncode == 0, res.stderr
     assert secret not in res.stdout + res.stderr and ":***@" in res.stdout + res.stderr
@@ -77,7 +76,7 @@ def test_a_password_in_the_url_never_reaches_output_or_files(tmp_path, study_nam
     assert not [p for p in written if secret.encode() in p.read_bytes()]
 
     refused = f"postgresql://someone:{secret}@127.0.0.1:1/nothing"  # nothing listens on port 1
-    res = sweep(tmp_path, *FAST, f"hydra.sweeper.storage={refused}")
+    res = sweep(tmp_path, f"hydra.sweeper.storage={refused}")
     assert res.returncode == 2 and "cannot use the storage postgresql+psycopg://someone:***@127.0.0.1:1" in res.stderr
     assert secret not in res.stdout + res.stderr
 
@@ -118,7 +117,7 @@ def test_a_server_that_never_answers_fails_within_a_bounded_time(tmp_path):
         for kind, url in urls.items():  # side by side: each waits for its own timeout
             (tmp_path / kind).mkdir()
             procs[kind] = subprocess.Popen(
-                [sys.executable, "-m", "mlp_sweep", "-m", *FAST, f"hydra.sweeper.storage={url}"],
+                [sys.executable, str(SPHERE), "-m", f"hydra.sweeper.storage={url}"],
                 cwd=tmp_path / kind,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -143,6 +142,15 @@ def test_a_server_that_never_answers_fails_within_a_bounded_time(tmp_path):
     ],
 )
 def test_bad_urls_and_missing_drivers_are_named(tmp_path, url, message):
-    res = sweep(tmp_path, *FAST, f"hydra.sweeper.storage={url}")
+    res = sweep(tmp_path, f"hydra.sweeper.storage={url}")
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_storage_path_through_a_file_is_named(tmp_path):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    for url in (f"sqlite:///{tmp_path}/afile/sub/x.db", f"journal:{tmp_path}/afile/sub/x.log"):
+        res = sweep(tmp_path, f"hydra.sweeper.storage={url}")
+        assert res.returncode == 2, res.stderr
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert f"hydra.sweeper.storage='{url}': cannot make the folder {tmp_path}/afile/sub" in res.stderr

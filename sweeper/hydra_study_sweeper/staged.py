@@ -1,4 +1,4 @@
-"""The course's staged search: small data first, then a space narrowed by what it showed.
+"""A staged search: cheap stages first (small data, few epochs), then a space narrowed by what they showed.
 
 Each stage of `hydra.sweeper.stages` is `{n_trials: N, keep: SHARE, KEY: VALUE, ...}`: the other
 keys are overrides for every trial of the stage (`data_size: 1k`). After a stage, the best `keep`
@@ -19,7 +19,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from .errors import UserError
-from .space import show
+from .space import Space, parse_overrides, show
+from .summary import fmt
 
 MARGIN = 0.25  # of the kept range, added on each side (on the log scale for log dimensions)
 
@@ -100,47 +101,37 @@ def _short(dist: BaseDistribution) -> str:
     return f"{kind}{' log' if dist.log else ''} [{dist.low:.4g}, {dist.high:.4g}]"
 
 
-def report(rows: list[dict[str, Any]], out: Path) -> str:
-    """The course report's table for each stage, stages.md and stages.png; returns the markdown."""
-    import matplotlib
+def stage_space(
+    sp: Space, stage: Stage, kept: Any, arguments: list[str], loader: Any, config: Any
+) -> tuple[Space, Any]:
+    """A stage's space (narrowed by the previous stage's kept trials) and the config that defines
+    its study: the stage's overrides go to every trial."""
+    dists = sp.distributions if kept is None else narrow(sp.distributions, kept)
+    staged_space = Space(dists, {**sp.fixed, **stage.overrides}, sp.fixed_overrides, sp.adhoc, None)
+    parsed = parse_overrides(arguments, "command line")
+    overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
+    overrides += [f"{k}={v}" for k, v in stage.overrides.items()]
+    return staged_space, loader.load_sweep_config(config, overrides)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def report(rows: list[dict[str, Any]], out: Path, name: str, columns: list[str], formats: dict[str, str]) -> str:
+    """Each stage's best trial (its value and the summary columns) and the space it searched, as
+    stages.md and (with matplotlib) stages.png; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "# Staged search",
-        "",
-        "| stage | study | complete trials | best trial | train | validation | test | space searched |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
-    ]
+    head = ["stage", "study", "complete trials", "best trial", name, *columns, "space searched"]
+    lines = ["# Staged search", "", "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 3) + "---|"]
     for r in rows:
         b = r["best"]
         space_text = "; ".join(f"{k.removeprefix('space.')} {v}" for k, v in r["space"].items())
-        if b is None:
-            lines.append(f"| {r['stage']} | {r['study']} | {r['trials']} | - | - | - | - | {space_text} |")
-            continue
-        acc = [b.user_attrs.get(k) for k in ("train_acc", "val_acc", "test_acc")]
-        shown = " | ".join(f"{a:.2%}" if isinstance(a, (int, float)) else "-" for a in acc)
-        lines.append(f"| {r['stage']} | {r['study']} | {r['trials']} | {b.number} | {shown} | {space_text} |")
-    md = "\n".join(lines) + "\n\nPlot: stages.png\n"
+        shown = ["-"] * (2 + len(columns))
+        if b is not None:
+            extra = [fmt(c, b.user_attrs.get(c), formats) for c in columns]
+            shown = [str(b.number), fmt(name, b.value, formats), *extra]
+        lines.append("| " + " | ".join([r["stage"], r["study"], str(r["trials"]), *shown, space_text]) + " |")
+    md = "\n".join(lines) + "\n"
+    from . import plots
+
+    if plots.stages([(r["stage"], r["best"]) for r in rows], out / "stages.png", name, formats):
+        md += "\nPlot: stages.png\n"
     (out / "stages.md").write_text(md)
-    done = [r for r in rows if r["best"] is not None and "val_acc" in r["best"].user_attrs]
-    if done:
-        fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-        sizes = [r["train_images"] or i for i, r in enumerate(done)]
-        for key, style in (("val_acc", "o-"), ("test_acc", "s--")):
-            ax.plot(sizes, [r["best"].user_attrs.get(key) for r in done], style, label=key.replace("_acc", ""))
-        for r, x in zip(done, sizes, strict=True):
-            ax.annotate(r["stage"], (x, r["best"].user_attrs["val_acc"]), textcoords="offset points", xytext=(4, -12))
-        if all(r["train_images"] for r in done):
-            ax.set_xscale("log")
-        ax.set_xlabel("training images")
-        ax.set_ylabel("accuracy of the stage's best trial")
-        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-        ax.set_title("staged search: best trial of each stage")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.savefig(out / "stages.png", dpi=100)
-        plt.close(fig)
     return md

@@ -1,4 +1,4 @@
-"""The sweeper's search space: settings, parsing, value checks, queued trials, and what defines a
+"""The sweeper's search space: parsing, value checks, queued trials, and what defines a
 study (its directions, metric names and fixed configuration) compared with the stored study.
 
 Everything here runs before the first trial is asked and raises UserError; nothing is stored.
@@ -16,7 +16,6 @@ from typing import Any
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import (
     BaseDistribution,
@@ -26,7 +25,9 @@ from optuna.distributions import (
     check_distribution_compatibility,
 )
 
+from . import stock
 from .errors import UserError
+from .settings import as_list
 
 FIXED_PREFIX = "fixed."  # study user attributes that hold the fixed configuration, one key each
 MAX_ATTR = 1000  # longer values are stored as a digest: the dashboard cuts attributes at 1024 characters
@@ -60,20 +61,6 @@ class Identity:
         return {f"{FIXED_PREFIX}{k}": v for k, v in self.fixed.items()}
 
 
-def check_settings(n_trials: Any, n_jobs: Any, failure_rate: Any, heartbeat_interval: Any) -> None:
-    bad = []
-    if not (isinstance(n_trials, int) and n_trials >= 1):
-        bad.append(f"hydra.sweeper.n_trials={n_trials!r} is not allowed: use an integer >= 1")
-    if not (isinstance(n_jobs, int) and n_jobs >= 1):
-        bad.append(f"hydra.sweeper.n_jobs={n_jobs!r} is not allowed: use an integer >= 1")
-    if not (isinstance(failure_rate, (int, float)) and 0 <= failure_rate <= 1):
-        bad.append(f"hydra.sweeper.max_failure_rate={failure_rate!r} is not allowed: use a number in [0, 1]")
-    if not (isinstance(heartbeat_interval, int) and heartbeat_interval >= 1):
-        bad.append(f"hydra.sweeper.heartbeat_interval={heartbeat_interval!r} is not allowed: use whole seconds >= 1")
-    if bad:
-        raise UserError("invalid sweep settings:\n  " + "\n  ".join(bad))
-
-
 def parse(preset: list[str], arguments: list[str]) -> Space:
     """The search space from the preset's params and the command line. Sweeps on the command line
     replace the preset's params (what you type is what varies, as in Hydra's multirun)."""
@@ -84,10 +71,10 @@ def parse(preset: list[str], arguments: list[str]) -> Space:
     for line, override in zip(lines, parsed, strict=True):  # one at a time, so an error names its key
         _check_int_interval(line, override)
         try:
-            create_params_from_overrides([line])
+            stock.params_from_overrides([line])
         except (ValueError, AssertionError) as err:
             raise UserError(f"invalid search space, nothing was run:\n  {line}: {err}") from None
-    space, fixed, deletions = create_params_from_overrides(lines)
+    space, fixed, deletions = stock.params_from_overrides(lines)
     for name in fixed:
         space.pop(name, None)
     if not space:
@@ -99,7 +86,7 @@ def parse(preset: list[str], arguments: list[str]) -> Space:
     explicit = all(isinstance(o.value(), (ChoiceSweep, RangeSweep)) for o in sweeps)
     grid = None
     if adhoc and explicit:  # value lists only: the full grid, as Hydra's basic sweeper would run
-        grid = {k: OptunaSweeperImpl._to_grid_sampler_choices(d) for k, d in space.items()}
+        grid = {k: stock.grid_choices(d) for k, d in space.items()}
     return Space(space, fixed, tuple(deletions), adhoc, grid)
 
 
@@ -199,26 +186,49 @@ def contains(dist: BaseDistribution, value: Any) -> bool:
     return dist.low <= value <= dist.high
 
 
-def check_against_stored(study: optuna.Study | None, space: Space) -> None:
-    """A space must agree with the distributions already stored in the study, or Optuna would fail
-    mid-sweep."""
+def check_against_stored(study: optuna.Study | None, space: Space, allow_widening: bool = False) -> dict[str, str]:
+    """A space must be the one the study searched: a changed kind would fail mid-sweep, a changed
+    range or choice list is another experiment. With allow_widening, a range or choice list that
+    holds the stored one is accepted; returns those widenings (parameter -> what changed) for the
+    study's record. Compared with each parameter's distribution in the study's latest trial."""
     if study is None:
-        return
-    found = {}
+        return {}
+    stored: dict[str, BaseDistribution] = {}
     for trial in study.get_trials(deepcopy=False):
-        for param, stored in trial.distributions.items():
-            dist = space.distributions.get(param)
-            if dist is not None and param not in found:
-                try:
-                    check_distribution_compatibility(stored, dist)
-                except ValueError:
-                    found[param] = f"{param}: {show(dist)} conflicts with {show(stored)} stored in the study"
+        stored.update(trial.distributions)
+    found, widened = {}, {}
+    for param, old in stored.items():
+        new = space.distributions.get(param)
+        if new is None or new == old:
+            continue
+        both_choices = isinstance(old, CategoricalDistribution) and isinstance(new, CategoricalDistribution)
+        try:
+            if not both_choices:  # Optuna refuses other choices too; those are a change like a range's
+                check_distribution_compatibility(old, new)
+        except ValueError:
+            found[param] = f"{param}: {show(new)} conflicts with {show(old)} stored in the study"
+            continue
+        change = f"{show(old)} in the study, {show(new)} now"
+        if allow_widening and covers(new, old):
+            widened[param] = change
+        else:
+            found[param] = f"{param}: {change}"
     if found:
+        hint = "" if allow_widening else "; hydra.sweeper.allow_widening=true accepts a range that holds the stored one"
         raise UserError(
             f"the search space conflicts with study {study.study_name!r}, nothing was run:\n  "
             + "\n  ".join(found.values())
-            + "\n  keep the stored space, or start another study with hydra.sweeper.study_name=..."
+            + f"\n  keep the stored space, or start another study with hydra.sweeper.study_name=...{hint}"
         )
+    return widened
+
+
+def covers(new: BaseDistribution, old: BaseDistribution) -> bool:
+    """Whether every value of `old` lies in `new` (same kind, log scale and step)."""
+    if isinstance(old, CategoricalDistribution):
+        return isinstance(new, CategoricalDistribution) and all(c in new.choices for c in old.choices)
+    same = type(new) is type(old) and new.log == old.log and new.step == old.step
+    return same and new.low <= old.low and old.high <= new.high
 
 
 def identity(config: DictConfig, space: Space, directions: list[str], metric_names: Any, ignore: list[str]) -> Identity:
@@ -232,7 +242,7 @@ def identity(config: DictConfig, space: Space, directions: list[str], metric_nam
         text = json.dumps(value) if not isinstance(value, str) else value
         fixed[key] = text if len(text) <= MAX_ATTR else "sha1:" + hashlib.sha1(text.encode()).hexdigest()
     names = None if metric_names is None else tuple(as_list(metric_names))
-    return Identity(tuple(d.lower() for d in directions), names, fixed)
+    return Identity(tuple(directions), names, fixed)
 
 
 def check_identity(study: optuna.Study | None, wanted: Identity, storage_name: str) -> bool:
@@ -241,7 +251,7 @@ def check_identity(study: optuna.Study | None, wanted: Identity, storage_name: s
     if study is None:
         return False
     found = []
-    stored_dirs = tuple(d.name.lower() for d in study.directions)
+    stored_dirs = tuple(directions_of_study(study))
     if stored_dirs != wanted.directions:
         found.append(f"directions: {list(stored_dirs)} in the study, {list(wanted.directions)} now")
     stored_names = tuple(study.metric_names) if study.metric_names else None
@@ -267,20 +277,16 @@ def check_identity(study: optuna.Study | None, wanted: Identity, storage_name: s
     return recorded
 
 
+def directions_of_study(study: optuna.Study) -> list[str]:
+    return [d.name.lower() for d in study.directions]
+
+
 def _flatten(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(node, dict):
         if not node:
             return [(prefix, {})] if prefix else []
         return [kv for k, v in node.items() for kv in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
     return [(prefix, node)]
-
-
-def as_list(value: Any) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (str, int, float)):
-        return [value]
-    return list(value)
 
 
 def parse_overrides(lines: list[str], where: str) -> list:

@@ -54,15 +54,10 @@ def queued_params(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any] | 
     return dict(queued) if queued else None
 
 
-def fail_trial(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
-    """FAIL a running trial with its reason; False when another process had already finished it."""
-    try:
-        trial.set_user_attr("fail_reason", reason)
-        study.tell(trial, state=TrialState.FAIL)
-    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as err:
-        # GridSampler stops the study when its grid is used up; the trial is told all the same
-        return isinstance(err, RuntimeError) and "Study.stop" in str(err)
-    return True
+def stored_user_attrs(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
+    """A running trial's user attributes as stored now (a live Trial caches them from its ask; the
+    job's reporter writes from another process). Study has no public handle on its storage."""
+    return study._storage.get_trial(trial_id(trial)).user_attrs
 
 
 def fail_stale_trials(study: optuna.Study, raw: Any) -> None:

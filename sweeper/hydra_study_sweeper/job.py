@@ -1,0 +1,145 @@
+"""The job's side of the sweeper: what a task launched by it may know and do. This is the whole
+contract between the sweeper and an app.
+
+A task returns its objective: one number, or one per direction of a multi-objective study. Anything
+else ends its trial FAIL with the reason (an exception, NaN, the wrong count). Beyond that, a task
+may, from whatever process its launcher runs it in:
+
+    from hydra_study_sweeper import job
+
+    trial = job.current_trial()          # study name and trial number, or None outside a sweep
+    report = job.reporter()              # None outside a sweep
+    for step in range(1, epochs + 1):
+        value = train_one_epoch()
+        if report is not None and not report(step, value):
+            break                        # the pruner said stop: the trial ends PRUNED
+    return value
+
+`report(step, value) -> keep going?` records the value as the trial's intermediate value at that
+step and asks the study's pruner. Once it says stop, the trial is PRUNED whatever the task returns
+afterwards (raising `optuna.TrialPruned` does the same). `report.reason` says why, in one line.
+For a task that runs inside the sweeper's own process (Hydra's basic launcher), each report is
+also where a Ctrl-C or SIGTERM the sweeper received is raised, should Python have swallowed it.
+
+A multi-objective study has no intermediate values in Optuna: there `report` never stops a trial
+and only passes interrupts on.
+
+The sweeper hands a job its trial through environment variables it sets with Hydra's
+`hydra.job.env_set` (a storage URL with a password through the sweeper's own environment instead,
+so that it is never written to a job's files): a task needs no config keys of the sweeper's.
+
+An app may also leave a JSON file in its job folder (the sweeper's `results_file` setting): the
+keys named in `record` become the trial's user attributes, a `status` other than `ok` fails the
+trial with that reason (`pruned`, with `pruned_reason`, prunes it), and the values named in
+`metric_names` are what an interrupt that lands after the job ended still records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from .signals import raise_pending
+
+TRIAL_ENV = "HYDRA_STUDY_SWEEPER_TRIAL"
+STUDY_ENV = "HYDRA_STUDY_SWEEPER_STUDY"
+STORAGE_ENV = "HYDRA_STUDY_SWEEPER_STORAGE"  # absolute storage URL; unset for an in-memory study
+PRUNER_ENV = "HYDRA_STUDY_SWEEPER_PRUNER"  # the pruner's config as JSON
+PRUNED_ATTR = "pruned_reason"  # set on the trial by the reporter when the pruner says stop
+IN_PROCESS: dict[str, Any] = {}  # in-memory studies, for jobs run in the sweeper's own process
+
+
+@dataclass(frozen=True)
+class SweepTrial:
+    study: str
+    number: int
+
+
+def current_trial() -> SweepTrial | None:
+    """The Optuna trial this job runs for, or None outside a sweep of this sweeper."""
+    number = os.environ.get(TRIAL_ENV)
+    if number is None or not number.isdigit():
+        return None
+    return SweepTrial(study=os.environ.get(STUDY_ENV, ""), number=int(number))
+
+
+def reporter(name: str = "value", unit: str = "step") -> Reporter | None:
+    """The channel to this job's trial, or None outside a sweep (or for an unreachable study).
+    `name` and `unit` are what the value and the step are called in a pruned trial's reason."""
+    trial = current_trial()
+    if trial is None or not (os.environ.get(STORAGE_ENV) or trial.study in IN_PROCESS):
+        return None
+    return Reporter(trial, name, unit)
+
+
+class Reporter:
+    """report(step, value) -> keep going? Each value becomes the trial's intermediate value at that
+    step, and the study's pruner decides whether the trial goes on."""
+
+    def __init__(self, trial: SweepTrial, name: str = "value", unit: str = "step") -> None:
+        import optuna
+
+        from .recovery import live_trial
+
+        self.name, self.unit, self.reason = name, unit, ""
+        url = os.environ.get(STORAGE_ENV)
+        if url:
+            from .storage import open_storage
+
+            pruner = _pruner(os.environ.get(PRUNER_ENV))
+            storage = open_storage(url, None, None, quiet=True)
+            self.study = optuna.load_study(study_name=trial.study, storage=storage, pruner=pruner)
+        else:
+            self.study = IN_PROCESS[trial.study]
+        self.trial = live_trial(self.study, trial.number)
+        self.single = len(self.study.directions) == 1  # Optuna keeps intermediate values for one objective only
+
+    def __call__(self, step: int, value: float | None = None) -> bool:
+        raise_pending()
+        if not self.single or value is None:  # None: a step without a value, only for interrupts
+            return True
+        value = float(value)
+        self.trial.report(value, step)
+        if not self.trial.should_prune():
+            return True
+        self.reason = f"pruned by {type(self.study.pruner).__name__} at {self.unit} {step}: {self.name} {value:.4g}"
+        self.reason += self._compared(step)
+        self.trial.set_user_attr(PRUNED_ATTR, self.reason)
+        return False
+
+    def _compared(self, step: int) -> str:
+        """What the pruner compared with, in its own terms."""
+        import optuna
+
+        pruner = self.study.pruner
+        if isinstance(pruner, (optuna.pruners.MedianPruner, optuna.pruners.PercentilePruner)):
+            done = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            others = [t.intermediate_values[step] for t in done if step in t.intermediate_values]
+            if not others:
+                return ""
+            what = "median" if isinstance(pruner, optuna.pruners.MedianPruner) else "percentile"
+            middle = statistics.median(others)
+            return f"; {what} pruner, {len(others)} completed trial(s) at this {self.unit}, their median {middle:.4g}"
+        if isinstance(pruner, (optuna.pruners.SuccessiveHalvingPruner, optuna.pruners.HyperbandPruner)):
+            return f"; not among the best of the trials that reached this rung ({self.unit} {step})"
+        return ""
+
+
+def job_overrides(study: str, number: int, storage: str | None, pruner: str | None) -> tuple[str, ...]:
+    """The Hydra overrides that hand a job its trial (`++`: adds the keys or replaces them)."""
+    values = {STUDY_ENV: study, TRIAL_ENV: str(number), STORAGE_ENV: storage, PRUNER_ENV: pruner}
+    return tuple(f"++hydra.job.env_set.{k}={_quoted(v)}" for k, v in values.items() if v is not None)
+
+
+def _quoted(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _pruner(config: str | None) -> Any:
+    from hydra.utils import instantiate
+
+    cfg = json.loads(config or '{"_target_": "optuna.pruners.NopPruner"}')
+    return instantiate(cfg, _execution_whitelist_=("optuna.pruners.*",))

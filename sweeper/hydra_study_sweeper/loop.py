@@ -1,0 +1,290 @@
+"""The run loop: keep up to n_jobs trials of this worker running until the study has its target.
+
+One turn of the loop (`step`) is a few named phases: look at the study (`scan`), start a trial
+(`launch_next`: ask, configure, launch), take in the jobs that ended (`collect`: read, tell), wait
+for other workers' trials, or stop. A run's state lives in one `Run`; a trial goes from asked to
+told in `launch_next` and `finish`, and every tell goes through `outcome.tell`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from . import outcome, recovery
+from .errors import StorageFailure, SweepExit, UserError
+from .job import PRUNED_ATTR, job_overrides
+from .launching import Launches
+from .outcome import Outcome
+from .plan import Plan
+from .recovery import Heartbeat, counts_toward_target
+from .settings import Settings
+from .signals import raise_pending
+from .storage import absolute, has_password, masked
+
+log = logging.getLogger(__name__)
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What the study held when last looked at."""
+
+    at: float  # time.monotonic()
+    done: int  # trials that count toward the target
+    others: list[optuna.trial.FrozenTrial]  # running in other workers
+    todo: int  # trials still to start here
+    stored: int  # trials in the study (the next trial's number, as far as this worker knows)
+
+
+@dataclass
+class InFlight:
+    trial: optuna.Trial
+    started: float  # time.perf_counter()
+
+
+@dataclass
+class Run:
+    settings: Settings
+    plan: Plan
+    study: optuna.Study
+    heartbeat: Heartbeat
+    launches: Launches
+    configure: Any  # (trial) -> the job's parameter overrides
+    allowed_failures: int
+    in_flight: dict[int, InFlight] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    told: int = 0  # trials of this run that ended
+    stopping: bool = False  # too many failures: start nothing more
+    scan: Scan | None = None  # None: look again before the next decision
+    announced: bool = False  # the wait for other workers was said
+
+    def forget(self, number: int) -> InFlight:
+        flight = self.in_flight.pop(number)
+        self.heartbeat.remove(flight.trial)
+        return flight
+
+
+def run(r: Run) -> None:
+    while step(r):
+        pass
+
+
+def step(r: Run) -> bool:
+    """One turn of the loop; False once the study has its target and nothing of this worker runs."""
+    raise_pending()
+    if r.scan is None:
+        r.scan = scan(r)
+    if r.scan.todo > 0 and not r.stopping and len(r.in_flight) < r.settings.n_jobs:
+        launch_next(r)
+    elif r.in_flight:
+        collect(r)
+    elif r.stopping:
+        raise too_many_failures(r)
+    elif r.scan.others and r.plan.storage is not None:
+        wait_for_others(r)
+    else:
+        if r.told == 0:
+            nothing_to_run(r)
+        return False
+    return True
+
+
+def scan(r: Run) -> Scan:
+    """Fail other workers' stale trials, then count what is done, running elsewhere and left."""
+    recovery.fail_stale_trials(r.study, r.plan.storage)
+    trials = r.study.get_trials(deepcopy=False)
+    done = sum(map(counts_toward_target, trials))
+    others = [t for t in running(trials) if t.number not in r.in_flight]
+    todo = r.plan.n_trials - done - len(others) - len(r.in_flight)
+    return Scan(time.monotonic(), done, others, todo, len(trials))
+
+
+def launch_next(r: Run) -> None:
+    """Ask one trial and launch its job; when the study filled up first, look again."""
+    # Each draw is seeded with the sampler's seed offset by the trial's number: a rerun continues
+    # the search, workers sharing the study draw apart, one seeded worker alone is reproducible.
+    # Relative samplers draw inside ask() (the number is guessed from the trials stored),
+    # independent ones when the parameters are suggested (the number is known).
+    r.study.sampler = r.plan.make_sampler(r.scan.stored)
+    trial = r.study.ask()
+    r.in_flight[trial.number] = InFlight(trial, time.perf_counter())
+    r.heartbeat.add(trial)
+    trial.set_user_attr("worker", WORKER)
+    if surplus(r, trial):
+        r.scan = None
+        return
+    r.study.sampler = r.plan.make_sampler(trial.number)
+    try:
+        overrides = r.configure(trial)
+    except Exception as err:  # a custom search space that raises, overlapping keys
+        r.forget(trial.number)
+        outcome.tell(r.study, trial, Outcome.failed(f"{type(err).__name__}: {err}"))
+        raise UserError(f"cannot build the trial's parameters: {err}") from None
+    job = (
+        *overrides,
+        *job_overrides(r.study.study_name, trial.number, *job_channel(r.settings)),
+        f"hydra.sweep.dir={r.plan.sweep_dir}",
+        f"hydra.sweep.subdir={trial.number}",
+    )
+    log.info("trial %d start: %s", trial.number, shown_params(trial.params))
+    r.scan = Scan(r.scan.at, r.scan.done, r.scan.others, r.scan.todo - 1, r.scan.stored + 1)
+    r.launches.start(trial.number, job)
+
+
+def surplus(r: Run, trial: optuna.Trial) -> bool:
+    """Workers sharing a study may ask at the same instant for its last place. Trial numbers are
+    handed out in order, so the first n_trials trials that count (done, running or queued) run
+    and a later one gives way: it ends FAIL (`surplus`, not counted) before any job starts, and
+    parameters it took from the queue go back to it."""
+    trials = r.study.get_trials(deepcopy=False)
+    live = {t.number for t in running(trials)} | {t.number for t in trials if t.state == TrialState.WAITING}
+    ahead = sum(t.number < trial.number and (counts_toward_target(t) or t.number in live) for t in trials)
+    if ahead < r.plan.n_trials:
+        return False
+    r.forget(trial.number)
+    queued = recovery.queued_params(r.study, trial)
+    attrs = {k: v for k, v in trial.user_attrs.items() if k != "worker"}
+    if outcome.tell(r.study, trial, Outcome.failed(recovery.SURPLUS)) and queued:
+        r.study.enqueue_trial(queued, user_attrs=attrs, skip_if_exists=False)
+    log.info("trial %d not run: the study reached its target of %d trials", trial.number, r.plan.n_trials)
+    return True
+
+
+def collect(r: Run) -> None:
+    """Tell the trials whose jobs ended (waiting a second for one); look at the study again after."""
+    ended = r.launches.wait(timeout=1.0)
+    for number, ret in ended:
+        finish(r, number, ret)
+    if ended:
+        progress(r)
+        r.stopping = r.stopping or len(r.failures) > r.allowed_failures
+        r.scan = None
+    elif time.monotonic() - r.scan.at > max(5, r.settings.heartbeat_interval):
+        r.scan = None  # other workers' trials may have gone stale
+
+
+def finish(r: Run, number: int, ret: Any) -> None:
+    """Record one finished job: what it left, its outcome, its files; then say so."""
+    flight = r.forget(number)
+    trial, seconds = flight.trial, time.perf_counter() - flight.started
+    job_dir = r.plan.sweep_dir / str(number)
+    results = outcome.read_results(job_dir, r.settings.results_file)
+    try:
+        outcome.record(trial, results, r.settings.record, job_dir)
+        pruned = recovery.stored_user_attrs(r.study, trial).get(PRUNED_ATTR)
+        result = outcome.of_job(ret, results, len(r.settings.directions), pruned)
+        outcome.upload(trial, job_dir, r.settings.artifact_dir, r.settings.artifacts)
+    except Exception as err:  # the storage or the file system failed around this one trial
+        StorageFailure.raise_if_storage(err, r.settings.storage)
+        result = Outcome.failed(f"{type(err).__name__}: {err}")
+    r.told += 1
+    try:
+        told = outcome.tell(r.study, trial, result)
+    except Exception as err:
+        StorageFailure.raise_if_storage(err, r.settings.storage)
+        raise
+    if not told:
+        log.warning(
+            "trial %d was finished by another worker while this one was stopped (failed as stale; "
+            "its retry runs): this result is not recorded",
+            number,
+        )
+        return
+    say_outcome(r, trial, result, results.get("seconds", seconds))
+
+
+def say_outcome(r: Run, trial: optuna.Trial, result: Outcome, seconds: float) -> None:
+    if result.state == TrialState.FAIL:
+        r.failures.append(result.reason)
+        log.warning("trial %d failed after %.1f s: %s", trial.number, seconds, result.reason)
+    elif result.state == TrialState.PRUNED:
+        log.info("trial %d %s (%s)", trial.number, result.reason, shown_params(trial.params))
+    else:
+        values = ", ".join(f"{n}={v:.4g}" for n, v in zip(r.settings.names, result.values, strict=True))
+        log.info("trial %d end: %s in %.3g s (%s)", trial.number, values, seconds, shown_params(trial.params))
+
+
+def wait_for_others(r: Run) -> None:
+    """Only other workers' trials remain: wait for them (their heartbeats tell whether they live)."""
+    if not r.announced:
+        numbers = ", ".join(str(t.number) for t in r.scan.others)
+        log.info("waiting for %d trial(s) running in another process: %s", len(r.scan.others), numbers)
+        if not r.heartbeat.enabled:
+            log.info(
+                "%s keeps no heartbeats: a worker that died on another machine leaves its "
+                "trials running, and this wait ends only with Ctrl-C (the study keeps all)",
+                masked(r.settings.storage),
+            )
+        r.announced = True
+    time.sleep(min(r.settings.heartbeat_interval, 5))
+    r.scan = None
+
+
+def too_many_failures(r: Run) -> SweepExit:
+    return SweepExit(
+        1,
+        f"{len(r.failures)} of the {r.told} trials run failed (last: {r.failures[-1]}): more than "
+        f"max_failure_rate={r.settings.max_failure_rate} allows ({r.allowed_failures} of this run's trials)",
+        summarize=True,
+    )
+
+
+def nothing_to_run(r: Run) -> None:
+    trials = r.study.get_trials(deepcopy=False)
+    done, name, target = r.scan.done, r.plan.name, r.plan.n_trials
+    if trials and not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+        reasons = sorted({t.user_attrs.get("fail_reason", "?") for t in trials if t.state == TrialState.FAIL})
+        raise SweepExit(
+            1,
+            f"study {name} already has {done} of {target} trials, and all of them failed "
+            f"({'; '.join(reasons)[:300]}): nothing to run. Fix the cause and start another study "
+            "(hydra.sweeper.study_name=NAME), or raise hydra.sweeper.n_trials to try more",
+        )
+    log.info("study %s already has %d of %d trials: nothing to run", name, done, target)
+
+
+def progress(r: Run) -> None:
+    trials = r.study.get_trials(deepcopy=False)
+    done = sum(map(counts_toward_target, trials))
+    failed = sum(t.state == TrialState.FAIL and counts_toward_target(t) for t in trials)
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    notes = [f"{n} {what}" for n, what in ((pruned, "pruned"), (failed, "failed")) if n]
+    note = f" ({', '.join(notes)})" if notes else ""
+    best = ""
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        if len(r.settings.directions) == 1:
+            b = r.study.best_trial
+            best = f", best {r.settings.names[0]} {b.value:.4g} (trial {b.number})"
+        else:
+            best = f", Pareto front of {len(r.study.best_trials)} trial(s)"
+    log.info("progress: %d / %d trials done%s%s", done, r.plan.n_trials, note, best)
+
+
+def allowed_failures(settings: Settings, plan: Plan, study: optuna.Study) -> int:
+    left = plan.n_trials - sum(map(counts_toward_target, study.get_trials(deepcopy=False)))
+    return math.floor(settings.max_failure_rate * max(1, left))
+
+
+def job_channel(settings: Settings) -> tuple[str | None, str | None]:
+    """What each job gets to report its steps: the storage URL (unless it holds a password, which
+    travels in the environment instead) and the pruner's config."""
+    storage = None if has_password(settings.storage) else absolute(settings.storage)
+    return storage, settings.pruner_json
+
+
+def running(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials a sweeper worker runs (a trial RUNNING without a worker was left by another tool)."""
+    return [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+
+
+def shown_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

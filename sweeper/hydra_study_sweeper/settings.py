@@ -1,0 +1,116 @@
+"""The sweeper's settings (`hydra.sweeper.*`), checked once, before anything else happens."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .errors import UserError
+
+
+def plain(value: Any) -> Any:
+    """An OmegaConf node as plain Python (lists, dicts), anything else as it is."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def as_list(value: Any) -> list:
+    value = plain(value)
+    if value is None:
+        return []
+    if isinstance(value, (str, int, float)):
+        return [value]
+    return list(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    sampler: Any  # the sampler's config node (instantiated per seed offset)
+    pruner: Any  # the pruner's config node, or None
+    directions: tuple[str, ...]  # lower case: "minimize" / "maximize"
+    storage: str | None
+    study_name: str | None
+    n_trials: int
+    n_jobs: int
+    max_failure_rate: float
+    custom_search_space: str | None
+    params: Any
+    heartbeat_interval: int = 10
+    grace_period: int | None = None
+    enqueue_trials: tuple[dict, ...] = ()
+    metric_names: tuple[str, ...] | None = None
+    config_check: str | None = None
+    identity_ignore: tuple[str, ...] = ()
+    allow_widening: bool = False
+    artifact_dir: str | None = None
+    artifacts: tuple[str, ...] = ()
+    results_file: str | None = None
+    record: tuple[str, ...] = ()
+    context: tuple[str, ...] = ()
+    adhoc_prefix: str = "adhoc"
+    summary_columns: tuple[str, ...] = ()
+    formats: dict[str, str] = field(default_factory=dict)
+    summary_hook: str | None = None
+    stages: tuple[dict, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        """What each returned value is called: metric_names, else value / value_0, value_1, ..."""
+        if self.metric_names:
+            return list(self.metric_names)
+        return ["value"] if len(self.directions) == 1 else [f"value_{i}" for i in range(len(self.directions))]
+
+    @property
+    def pruner_json(self) -> str | None:
+        return None if self.pruner is None else json.dumps(plain(self.pruner))
+
+
+def directions_of(direction: Any) -> tuple[str, ...]:
+    """`direction` as the stock plugin takes it (a name, an enum, or a list of them), in lower case."""
+    items = as_list(direction) if not hasattr(direction, "name") else [direction]
+    return tuple(str(getattr(d, "name", d)).lower() for d in items)
+
+
+def parse(raw: dict[str, Any]) -> Settings:
+    """The settings from the plugin's keyword arguments; `check` names every bad value."""
+    values = {k: plain(v) for k, v in raw.items() if k not in ("sampler", "pruner", "params")}
+    directions = directions_of(values.pop("direction"))
+    metric_names = tuple(str(n) for n in as_list(values.pop("metric_names", None))) or None
+    tuples = ("identity_ignore", "artifacts", "record", "context", "summary_columns", "stages")
+    settings = Settings(
+        sampler=raw.get("sampler"),
+        pruner=raw.get("pruner"),
+        params=raw.get("params"),
+        directions=directions,
+        metric_names=metric_names,
+        enqueue_trials=tuple(dict(p) for p in as_list(values.pop("enqueue_trials", ()))),
+        formats={str(k): str(v) for k, v in (values.pop("formats", None) or {}).items()},
+        **{k: tuple(as_list(v)) if k in tuples else v for k, v in values.items()},
+    )
+    return settings
+
+
+def check(s: Settings) -> None:
+    bad = []
+    if not (isinstance(s.n_trials, int) and s.n_trials >= 1):
+        bad.append(f"hydra.sweeper.n_trials={s.n_trials!r} is not allowed: use an integer >= 1")
+    if not (isinstance(s.n_jobs, int) and s.n_jobs >= 1):
+        bad.append(f"hydra.sweeper.n_jobs={s.n_jobs!r} is not allowed: use an integer >= 1")
+    rate = s.max_failure_rate
+    if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate <= 1):
+        bad.append(f"hydra.sweeper.max_failure_rate={rate!r} is not allowed: use a number in [0, 1]")
+    if not (isinstance(s.heartbeat_interval, int) and s.heartbeat_interval >= 1):
+        bad.append(f"hydra.sweeper.heartbeat_interval={s.heartbeat_interval!r} is not allowed: use whole seconds >= 1")
+    if not all(d in ("minimize", "maximize") for d in s.directions) or not s.directions:
+        bad.append(f"hydra.sweeper.direction={list(s.directions)} is not allowed: use minimize or maximize, or a list")
+    if s.metric_names and len(s.metric_names) != len(s.directions):
+        bad.append(
+            f"hydra.sweeper.metric_names={list(s.metric_names)} names {len(s.metric_names)} values but "
+            f"hydra.sweeper.direction={list(s.directions)} has {len(s.directions)}: give one direction per metric"
+        )
+    if bad:
+        raise UserError("invalid sweep settings:\n  " + "\n  ".join(bad))

@@ -1,0 +1,240 @@
+"""Sweep results a person can read: summary.csv, summary.md (also printed), and PNG plots where
+matplotlib is installed (`pip install 'hydra-study-sweeper[plots]'`).
+
+Rows come from an Optuna study (what the sweeper stored) or from the job folders of a Hydra
+multirun (a grid by Hydra's basic sweeper); the files are the same either way. Which user
+attributes become columns, how values are shown and what the app adds (`summary_hook`) are the
+app's settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_method
+
+from .outcome import DIR_ATTR
+
+SURPLUS = "surplus"  # a place taken by another worker first: never ran, not shown
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a summary shows: the objectives, their directions, extra columns and formats."""
+
+    names: list[str]
+    directions: list[str]
+    columns: list[str] = field(default_factory=list)
+    formats: dict[str, str] = field(default_factory=dict)  # name -> format spec, e.g. ".2%"
+    hook: str | None = None  # dotted path of hook(rows, ranked, out, layout) -> markdown to append
+
+
+def rows_from_study(study: Any, columns: list[str]) -> list[dict[str, Any]]:
+    """One row per trial, its columns from the user attributes the sweeper recorded."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        if attrs.get("fail_reason") == SURPLUS:
+            continue
+        seconds = attrs.get("seconds")
+        if seconds is None and t.datetime_start and t.datetime_complete:
+            seconds = (t.datetime_complete - t.datetime_start).total_seconds()
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": dict(t.params),
+                "values": list(t.values) if t.values else None,
+                "columns": {c: attrs.get(c) for c in columns},
+                "attrs": dict(attrs),
+                "steps": dict(t.intermediate_values),
+                "seconds": seconds,
+                "fail_reason": attrs.get("fail_reason", ""),
+                "directory": attrs.get(DIR_ATTR, ""),
+            }
+        )
+    return rows
+
+
+def rows_from_dirs(sweep_dir: Path, results_file: str, names: list[str], columns: list[str]) -> list[dict[str, Any]]:
+    """One row per job folder (a number with .hydra/overrides.yaml) of a Hydra multirun, its values
+    and columns from the job's results file."""
+    from omegaconf import OmegaConf
+
+    rows = []
+    for job in sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+        overrides = job / ".hydra" / "overrides.yaml"
+        if not overrides.is_file():
+            continue
+        try:
+            results = json.loads((job / results_file).read_text())
+        except (OSError, ValueError):
+            results = {}
+        ok = results.get("status", "ok") == "ok" and all(_finite(results.get(n)) for n in names)
+        rows.append(
+            {
+                "number": int(job.name),
+                "state": "COMPLETE" if ok else "FAIL",
+                "params": dict(o.split("=", 1) for o in OmegaConf.load(overrides) if "=" in o),
+                "values": [results[n] for n in names] if ok else None,
+                "columns": {c: results.get(c) for c in columns},
+                "attrs": results,
+                "steps": {},
+                "seconds": results.get("seconds"),
+                "fail_reason": "" if ok else str(results.get("status") or f"no {results_file}"),
+                "directory": str(job),
+            }
+        )
+    if len(rows) > 1:  # keep what was swept; drop overrides every job shared (the preset, fixed keys)
+        shared = {k for k, v in rows[0]["params"].items() if all(r["params"].get(k) == v for r in rows)}
+        for r in rows:
+            r["params"] = {k: v for k, v in r["params"].items() if k not in shared}
+    return rows
+
+
+def write(rows: list[dict[str, Any]], out: Path, layout: Layout, study: Any = None, title: str = "") -> str:
+    """summary.csv, summary.md and the plots into out; returns the markdown. Trials are ranked by
+    the directions: the best first, or the Pareto front first with several objectives."""
+    from . import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["values"] and all(map(_finite, r["values"]))]
+    front = pareto_front(done, layout.directions)
+    ranked = sorted(done, key=lambda r: (r not in front, *_sort_key(r["values"], layout.directions)))
+    others = sorted((r for r in rows if r not in ranked), key=lambda r: r["number"])
+    _write_csv(rows, out / "summary.csv", layout)
+    title = title or (study.study_name if study is not None else f"{out.parent.name}/{out.name}")
+    md = _markdown(ranked, others, front, rows, layout, title)
+    if layout.hook:
+        md += get_method(layout.hook)(rows, ranked, out, layout) or ""
+    written = plots.summary(rows, ranked, front, out, study, layout)
+    md += "\n" + (f"Plots: {', '.join(written)}\n" if written else plots.MISSING if not plots.available() else "")
+    (out / "summary.md").write_text(md)
+    return md
+
+
+def fmt(name: str, value: Any, formats: dict[str, str]) -> str:
+    """A value as the layout shows it: its format, else 4 significant digits; '-' when absent."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and name in formats:
+        return format(value, formats[name])
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def pareto_front(rows: list[dict[str, Any]], directions: list[str]) -> list[dict[str, Any]]:
+    """The rows no other row dominates (better or equal in every objective, better in one)."""
+    keys = [(r, _sort_key(r["values"], directions)) for r in rows]
+
+    def dominated(k: list[float]) -> bool:
+        return any(all(o <= v for o, v in zip(other, k, strict=True)) and other != k for _, other in keys)
+
+    return [r for r, k in keys if not dominated(k)]
+
+
+def _sort_key(values: list[float], directions: list[str]) -> list[float]:
+    return [v if d == "minimize" else -v for v, d in zip(values, directions, strict=True)]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path, layout: Layout) -> None:
+    params = sorted({k for r in rows for k in r["params"]})
+    columns = [c for c in layout.columns if c not in layout.names]
+    head = ["number", "state", *params, *layout.names, *columns, "steps", "seconds", "fail_reason", "directory"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(head)
+        for r in sorted(rows, key=lambda r: r["number"]):
+            values = r["values"] or [None] * len(layout.names)
+            w.writerow(
+                [
+                    r["number"],
+                    r["state"],
+                    *(r["params"].get(n, "") for n in params),
+                    *("" if v is None else v for v in values),
+                    *("" if r["columns"].get(c) is None else r["columns"][c] for c in columns),
+                    len(r["steps"]) or "",
+                    "" if r["seconds"] is None else r["seconds"],
+                    r["fail_reason"],
+                    r["directory"],
+                ]
+            )
+
+
+def _markdown(ranked: list, others: list, front: list, rows: list, layout: Layout, title: str) -> str:
+    states: dict[str, int] = {}
+    for r in rows:
+        states[r["state"]] = states.get(r["state"], 0) + 1
+    lines = [f"# Sweep {title}", "", ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "no trials"]
+    names, multi = layout.names, len(layout.names) > 1
+    goal = ", ".join(f"{d} {m}" for m, d in zip(names, layout.directions, strict=True))
+    lines += ["", f"Trials ({goal}), {'the Pareto front first (marked *)' if multi else 'best first'}:", ""]
+    columns = [c for c in layout.columns if c not in names and any(r["columns"].get(c) is not None for r in rows)]
+    head = ["trial", "state", *names, *columns, "steps", "seconds", "params"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * (len(head) - 1) + "---|"]
+    for r in [*ranked, *others]:
+        params = ", ".join(f"{k}={fmt(k, v, {})}" for k, v in r["params"].items())
+        if r["fail_reason"]:
+            params += f" — {r['fail_reason']}"
+        values = r["values"] or [None] * len(names)
+        cells = [
+            f"{r['number']}{' *' if multi and r in front else ''}",
+            r["state"].lower(),
+            *(fmt(m, v, layout.formats) for m, v in zip(names, values, strict=True)),
+            *(fmt(c, r["columns"].get(c), layout.formats) for c in columns),
+            str(len(r["steps"]) or "-"),
+            f"{r['seconds']:.3g}" if _finite(r["seconds"]) else "-",
+            params,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += _best(ranked, front, layout, multi)
+    return "\n".join(lines) + "\n"
+
+
+def _best(ranked: list, front: list, layout: Layout, multi: bool) -> list[str]:
+    def described(r: dict) -> str:
+        columns = [(c, r["columns"].get(c)) for c in layout.columns if c not in layout.names]
+        shown = [*zip(layout.names, r["values"], strict=True), *columns]
+        return ", ".join(f"{n} {fmt(n, v, layout.formats)}" for n, v in shown if v is not None)
+
+    if multi and front:
+        lines = ["", f"## Pareto front: {len(front)} trial(s)", ""]
+        return lines + [f"- trial {r['number']}: {described(r)} — `{r['directory']}`" for r in front]
+    if not ranked:
+        return []
+    b = ranked[0]
+    lines = ["", f"## Best trial: {b['number']}", "", described(b), ""]
+    if b["directory"]:
+        lines += [f"Directory: `{b['directory']}`", ""]
+    return lines + ["Parameters: " + ", ".join(f"`{k}={fmt(k, v, {})}`" for k, v in b["params"].items())]
+
+
+def optimization_results(study: Any, sweep_dir: Path) -> dict[str, Any] | None:
+    """The stock plugin's results file: the best trial, or the Pareto front as `solutions`."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    if len(study.directions) > 1:
+        front = [
+            {"number": t.number, "params": t.params, "values": t.values, "directory": t.user_attrs.get(DIR_ATTR, "")}
+            for t in study.best_trials
+        ]
+        return {"name": "optuna", "study_name": study.study_name, "solutions": front}
+    best = study.best_trial
+    return {
+        "name": "optuna",
+        "study_name": study.study_name,
+        "best_trial": best.number,
+        "best_dir": best.user_attrs.get(DIR_ATTR, str(sweep_dir / str(best.number))),
+        "best_params": best.params,
+        "best_value": best.value,
+    }

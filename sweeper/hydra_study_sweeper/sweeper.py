@@ -1,0 +1,144 @@
+"""The sweeper: settings and plan first, then each study's run, its end and its summary.
+
+plan (plan.py) ─▶ open the study (study.py) ─▶ run loop (loop.py) ─▶ summary (summary.py)
+                                             ╰▶ after an interrupt or a storage failure (cleanup.py)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.plugins import Plugins
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+
+from . import cleanup, loop, plan, settings, staged, stock, summary
+from .errors import StorageFailure, SweepExit
+from .launching import Launches
+from .recovery import Heartbeat
+from .signals import exit_code, interrupting
+from .space import directions_of_study
+
+log = logging.getLogger(__name__)
+LAUNCHER_LOGGERS = (  # "Launching 1 jobs locally" and each job's overrides: the sweeper's lines say more
+    "hydra._internal.core_plugins.basic_launcher",
+    "hydra_plugins.hydra_joblib_launcher._core",
+    "hydra_plugins.hydra_ray_launcher._core",
+    "hydra_plugins.hydra_ray_launcher._launcher_util",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
+)
+
+
+class StudySweeper:
+    def __init__(self, **raw: Any) -> None:
+        self.settings = settings.parse(raw)
+        self.configurator = stock.TrialConfigurator(self.settings.custom_search_space, self.settings.params)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+        template = OmegaConf.to_container(config.hydra, resolve=False)["sweep"]["dir"]
+        self.inputs = plan.Inputs(
+            self.settings, config, launcher, hydra_context.config_loader, self.configurator, template
+        )
+
+    def sweep(self, arguments: list[str]) -> None:
+        settings.check(self.settings)  # here, not at construction: Hydra would wrap it in a traceback
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep logs its own lines
+        for name in LAUNCHER_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        if self.settings.stages:
+            self.sweep_stages(arguments)
+        else:
+            self.run(plan.make(self.inputs, arguments))
+
+    def run(self, p: plan.Plan) -> optuna.Study:
+        """One study: open it, run it to its target, summarize it."""
+        s = self.settings
+        study = self.open(p)
+        heartbeat = Heartbeat(p.storage, s.heartbeat_interval)
+        r = loop.Run(
+            settings=s,
+            plan=p,
+            study=study,
+            heartbeat=heartbeat,
+            launches=Launches(self.inputs.launcher),
+            configure=lambda trial: self.configurator.overrides(trial, p.space, self.config),
+            allowed_failures=loop.allowed_failures(s, p, study),
+        )
+        try:
+            with interrupting():
+                try:
+                    loop.run(r)
+                except KeyboardInterrupt as err:
+                    raise cleanup.after_interrupt(r, exit_code(err), lambda: self.summarize(study, p)) from None
+                except Exception as err:  # the storage failing anywhere in the loop ends the run cleanly
+                    failure = StorageFailure.of(err, s.storage)
+                    if failure is None:
+                        raise
+                    raise cleanup.after_storage_failure(r, failure) from None
+        except SweepExit as err:
+            if err.summarize:
+                self.summarize(study, p)
+            raise
+        finally:
+            heartbeat.stop()
+        self.summarize(study, p)
+        return study
+
+    def open(self, p: plan.Plan) -> optuna.Study:
+        from .study import open_study
+
+        try:
+            return open_study(self.settings, p, self.config)
+        except StorageFailure as err:
+            raise SweepExit(2, f"{err}; nothing was run") from None
+
+    def sweep_stages(self, arguments: list[str]) -> None:
+        """One study per stage; each after the first searches the space its predecessor's best
+        trials narrowed. A rerun resumes the unfinished stage; finished ones have nothing to run."""
+        stages = staged.parse_stages(self.settings.stages)
+        rows, kept, p = [], None, None
+        for i, stage in enumerate(stages):
+            p = plan.make(self.inputs, arguments, stage=stage, kept=kept)
+            log.info("stage %d of %d (%s): study %s", i + 1, len(stages), stage.suffix, p.name)
+            study = self.run(p)
+            kept = staged.kept_trials(study, stage.keep) if i + 1 < len(stages) else None
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            rows.append(
+                {
+                    "stage": stage.suffix,
+                    "study": p.name,
+                    "trials": len(complete),
+                    "best": study.best_trial if complete else None,
+                    "space": staged.space_attrs(p.space.distributions),
+                }
+            )
+        base = self.settings.study_name or str(self.config.hydra.job.name)
+        s = self.settings
+        print(staged.report(rows, p.sweep_dir.parent / base, s.names[0], list(s.summary_columns), s.formats))
+
+    def layout(self, study: optuna.Study) -> summary.Layout:
+        s = self.settings
+        return summary.Layout(s.names, directions_of_study(study), list(s.summary_columns), s.formats, s.summary_hook)
+
+    def summarize(self, study: optuna.Study, p: plan.Plan) -> None:
+        """optimization_results.yaml and the summary; a failure here is reported, never raised."""
+        try:
+            write_summary(study, p.sweep_dir, self.layout(study), list(self.settings.summary_columns))
+        except OSError as err:
+            log.error("could not write the summary into %s: %s", p.sweep_dir, err)
+
+
+def write_summary(study: optuna.Study, sweep_dir: Path, layout: summary.Layout, columns: list[str]) -> None:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    results = summary.optimization_results(study, sweep_dir)
+    if results:
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+    print(summary.write(summary.rows_from_study(study, columns), sweep_dir, layout, study=study))

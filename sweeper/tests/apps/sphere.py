@@ -1,0 +1,61 @@
+"""A Hydra app that knows nothing of this project but the sweeper's job module: the sweeper's tests
+sweep it. Its value is x^2 + y^2; with `steps`, it "trains": each step reports a loss that falls
+towards the value, so the pruner has something to judge."""
+
+import json
+import logging
+import math
+import os
+import time
+
+import hydra
+from hydra_study_sweeper import job
+from omegaconf import DictConfig
+
+log = logging.getLogger("sphere")
+
+
+@hydra.main(config_path="conf", config_name="sphere")
+def sphere(cfg: DictConfig):
+    trial = job.current_trial()
+    number = trial.number if trial else None
+    print(f"job of trial {number} in study {trial.study if trial else None}")
+    value = cfg.x**2 + cfg.y**2
+    if cfg.hold and number == 0:  # trial 0 runs until the test lets it end
+        deadline = time.monotonic() + 600
+        while not os.path.exists(cfg.hold) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if cfg.seconds:  # a job that takes time; trial 0 takes six times as long
+        time.sleep(cfg.seconds * (6 if number == 0 else 1))
+    value = train(cfg, value, job.reporter("loss"))
+    if cfg.results:  # a results file, as an app may leave one (hydra.sweeper.results_file)
+        out = hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
+        status = "diverged" if cfg.mode == "diverge_first" and number == 0 else "ok"
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump({"status": status, "loss": value, "distance": math.sqrt(value)}, f)
+    if cfg.mode == "pair":  # two objectives pulling apart
+        return value, (cfg.x - 2) ** 2 + (cfg.y - 1) ** 2
+    if cfg.mode == "nan_first" and number == 0:
+        return math.nan
+    if cfg.mode == "short_first" and number == 0:
+        return [value]
+    if cfg.mode == "raise_all":
+        raise RuntimeError("this task always fails")
+    return value
+
+
+def train(cfg: DictConfig, value: float, report) -> float:
+    """`steps` steps of `step_seconds` each; the loss falls from value + 1 towards the value."""
+    loss = value
+    for step in range(1, cfg.steps + 1):
+        time.sleep(cfg.step_seconds)
+        loss = value + 1 / step
+        log.info("step %d of %d: loss %.4f", step, cfg.steps, loss)
+        if report is not None and not report(step, loss):
+            log.info("stopped at step %d: %s", step, report.reason)
+            break
+    return loss
+
+
+if __name__ == "__main__":
+    sphere()
