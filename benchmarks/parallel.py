@@ -23,7 +23,7 @@ from pathlib import Path
 
 import optuna
 
-from mlp_sweep.job import cores
+from mlp_sweep.train import cores
 
 SPACE = (  # the default preset's space, spelled out so that a space with trainer.epochs can add to it
     "optimizer.lr=tag(log,interval(1e-5,1e-3))",

@@ -60,7 +60,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--data-size", default="10k")
-    parser.add_argument("--pruners", nargs="+", default=["warm_median", "none"], help="hydra/sweeper/pruner options")
+    parser.add_argument(
+        "--pruners",
+        nargs="+",
+        default=["epoch_halving", "warm_median", "fast_median", "successive_halving", "none"],
+        help="hydra/sweeper/pruner options (default: the ones the results page compares)",
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
