@@ -19,8 +19,7 @@ from typing import Any
 from hydra.utils import get_method
 
 from .outcome import DIR_ATTR
-
-SURPLUS = "surplus"  # a place taken by another worker first: never ran, not shown
+from .recovery import SURPLUS  # a place taken by another worker first: never ran, not shown
 
 
 @dataclass(frozen=True)
