@@ -146,7 +146,9 @@ def surplus(r: Run, trial: optuna.Trial) -> bool:
     and a later one gives way: it ends FAIL (`surplus`, not counted) before any job starts, and
     parameters it took from the queue go back to it."""
     trials = r.study.get_trials(deepcopy=False)
-    live = {t.number for t in running(trials)} | {t.number for t in trials if t.state == TrialState.WAITING}
+    # every RUNNING trial, also one whose worker has not yet written its name (it asked an instant
+    # ago): leaving it out let two workers each take the last place
+    live = {t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
     ahead = sum(t.number < trial.number and (counts_toward_target(t) or t.number in live) for t in trials)
     if ahead < r.plan.n_trials:
         return False
