@@ -4,6 +4,7 @@ the training budget of each counted as 6 x parameters x training images x epochs
     python benchmarks/ablation.py                                  # experiment=best_mlp, its ablations, 3 seeds
     python benchmarks/ablation.py --seeds 0 --base trainer.epochs=20 --only recipe no_zca mixup
     python benchmarks/ablation.py --out outputs/ablation           # finished runs there are reused
+    python benchmarks/ablation.py --tiny      # digits, 1 epoch, recipe and no_zca (CI): figures meaningless
 
 Each row is the recipe with one option changed (TTA is a column: every run reports it). Prints
 per-run figures as they come, then a table: test accuracy (plain and with flipped test images),
@@ -13,10 +14,13 @@ mean +- standard deviation over the seeds, the lowest seed, seconds per run and 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,7 +70,13 @@ def main() -> None:
     parser.add_argument("--base", nargs="*", default=[], help="overrides for every run, e.g. trainer.epochs=20")
     parser.add_argument("--threads", type=int, default=0, help="torch threads a run (0 = all cores)")
     parser.add_argument("--out", type=Path, default=Path("outputs/ablation"))
+    parser.add_argument("--tiny", action="store_true", help="digits, 1 epoch, 2 variants, in a temporary folder (CI)")
     args = parser.parse_args()
+    if args.tiny:
+        args.seeds, args.only = [0], ["recipe", "no_zca"]
+        args.base = [*args.base, "data=digits", "data_size=1k", "trainer.epochs=1"]
+        args.out = Path(tempfile.mkdtemp(prefix="ablation-tiny-"))
+        atexit.register(shutil.rmtree, args.out, True)
 
     rows = {}
     for name in args.only:

@@ -1,6 +1,7 @@
 """Training throughput: the project's path against a tutorial-style DataLoader, and GFLOP/s against peak.
 
     python benchmarks/epoch_throughput.py [--epochs 3] [--repeats 3]
+    python benchmarks/epoch_throughput.py --tiny     # seconds: checks that it runs (CI), figures meaningless
 
 Uses the real CIFAR-10 file from $MLP_SWEEP_DATA_DIR or ../shared/cifar10. Prints medians over
 --repeats runs of each measurement, interleaved, so both sides see the same machine load.
@@ -78,7 +79,7 @@ def reference_images_per_second(x: np.ndarray, y: np.ndarray, epochs: int, worke
     return seen / (time.perf_counter() - start)
 
 
-def matmul_peak_gflops(shapes: list[tuple[int, int, int]], seconds: float = 1.0) -> float:
+def matmul_peak_gflops(shapes: list[tuple[int, int, int]], seconds: float) -> float:
     """Best fp32 GFLOP/s of torch.mm over the (m, k, n) shapes a training step uses."""
     best = 0.0
     for m, k, n in shapes:
@@ -105,23 +106,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--tiny", action="store_true", help="a few seconds on 512 images (CI): it runs, figures meaningless"
+    )
     args = parser.parse_args()
+    images, peak_seconds, size = 20000, 1.0, ("data_size=20k",)
+    if args.tiny:
+        args.epochs, args.repeats, images, peak_seconds = 1, 1, 512, 0.05
+        size = ("data_size.train=512", "data_size.val=256")
     root = os.environ.get("MLP_SWEEP_DATA_DIR") or str(ROOT.parent / "shared" / "cifar10")
     os.environ["MLP_SWEEP_DATA_DIR"] = root
     threads = set_threads(0)
     print(f"torch {torch.__version__}, {threads} threads, data {root}")
 
-    common = ("data_size=20k", "trainer.batch_size=256", "trainer.patience=0", f"trainer.epochs={args.epochs}")
+    common = (*size, "trainer.batch_size=256", "trainer.patience=0", f"trainer.epochs={args.epochs}")
     small = config(*common, "augment=flip_crop", "model.hidden_size=200", "model.activation=leaky_relu")
     raw = data._raw("cifar10", str(Path(root).resolve()), True, small.data.url, small.data.md5)
-    x_ref, y_ref = raw.x_train[:20000], raw.y_train[:20000]
+    x_ref, y_ref = raw.x_train[:images], raw.y_train[:images]
     ours, ref = [], {0: [], 2: []}  # DataLoader workers: 0 is its default, 2 the torchvision tutorial's
     for _ in range(args.repeats):
         ours.append(project_images_per_second(small))
         for workers, runs in ref.items():
             runs.append(reference_images_per_second(x_ref, y_ref, 1, workers))
     o = statistics.median(ours)
-    print(f"\n3072-200-10 LeakyReLU, Adam, batch 256, flip + crop, 20k images (median of {args.repeats}, images/s)")
+    print(
+        f"\n3072-200-10 LeakyReLU, Adam, batch 256, flip + crop, {images:,} images (median of {args.repeats}, images/s)"
+    )
     print(f"  project (tensors in memory, batched augmentation): {o:9,.0f}")
     for workers, runs in ref.items():
         r = statistics.median(runs)
@@ -133,12 +143,12 @@ def main() -> None:
     sizes = [3072, 1024, 1024, 10]
     wide_overrides = (*common, "augment=none", "model.num_layers=3", "model.hidden_size=1024", "trainer.batch_size=512")
     shapes = [(512, 3072, 1024), (512, 1024, 1024), (1024, 512, 3072), (512, 1024, 3072)]
-    print("\n3072-1024-1024-10, batch 512, no augmentation, 20k images")
+    print(f"\n3072-1024-1024-10, batch 512, no augmentation, {images:,} images")
     for precision in ("fp32", "bf16"):
         wide = config(*wide_overrides, f"trainer.precision={precision}")
         achieved, peaks = [], []
         for _ in range(args.repeats):
-            peaks.append(matmul_peak_gflops(shapes))
+            peaks.append(matmul_peak_gflops(shapes, peak_seconds))
             achieved.append(project_images_per_second(wide) * training_flops_per_image(sizes) / 1e9)
         a, p = statistics.median(achieved), statistics.median(peaks)
         print(

@@ -7,6 +7,7 @@ would leave places idle, from the same measured trial durations.
 
     python benchmarks/parallel.py                          # 12 trials, data_size=10k, 3 epochs, K=2
     python benchmarks/parallel.py --trials 8 --jobs 4 --data-size 20k --epochs 2
+    python benchmarks/parallel.py --tiny                   # digits, 2 trials, one space (CI): figures meaningless
 
 Prints, per space and K: wall time, trials per hour, the ratio to K=1; and the lock-step idle time.
 """
@@ -34,7 +35,7 @@ SPACE = (  # the default preset's space, spelled out so that a space with traine
 )
 
 
-def run(out: Path, name: str, jobs: int, trials: int, data_size: str, epochs: str) -> dict:
+def run(out: Path, name: str, jobs: int, trials: int, data: tuple[str, ...], epochs: str) -> dict:
     storage = f"sqlite:///{out}/bench.db"
     threads = max(1, cores() // jobs)
     command = [
@@ -45,7 +46,7 @@ def run(out: Path, name: str, jobs: int, trials: int, data_size: str, epochs: st
         "hparams_search=random",
         *SPACE,
         "hydra/sweeper/pruner=none",  # every trial runs all its epochs: the same work for each K
-        f"data_size={data_size}",
+        *data,
         f"trainer.epochs={epochs}",
         "trainer.patience=0",
         f"trainer.threads={threads}",
@@ -84,16 +85,21 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="K, the trials side by side")
     parser.add_argument("--data-size", default="10k")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--tiny", action="store_true", help="digits, 2 trials, one space (CI): figures meaningless")
     args = parser.parse_args()
-    print(f"{cores()} cores; {args.trials} trials per run, data_size={args.data_size}", flush=True)
+    data = (f"data_size={args.data_size}",)
     spaces = {"default": str(args.epochs), "mixed (3x)": f"choice({args.epochs},{3 * args.epochs})"}
+    if args.tiny:
+        args.trials, args.epochs, data = 2, 1, ("data=digits", "data_size=1k")
+        spaces = {"default": "1"}
+    print(f"{cores()} cores; {args.trials} trials per run, {' '.join(data)}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for space, epochs in spaces.items():
             rows = []
             for jobs in (1, args.jobs):
                 name = f"{space.split()[0]}-k{jobs}"
-                rows.append(run(out, name, jobs, args.trials, args.data_size, epochs))
+                rows.append(run(out, name, jobs, args.trials, data, epochs))
                 r = rows[-1]
                 print(
                     f"{space:11s} K={r['jobs']} ({r['threads']} thread(s) each): {r['wall']:7.1f} s wall, "

@@ -3,6 +3,7 @@ pruner and without any, side by side.
 
     python benchmarks/pruning.py                      # 3 seeds x 20 trials on data_size=10k
     python benchmarks/pruning.py --seeds 0 1 --trials 10 --data-size 1k
+    python benchmarks/pruning.py --tiny               # digits, 1 seed, 2 trials, 2 pruners (CI): figures meaningless
 
 Prints, for each seed and pruner: epochs run, wall time, the best validation accuracy and the test
 accuracy of that trial; then the means and the ratio of epochs.
@@ -21,7 +22,7 @@ from pathlib import Path
 import optuna
 
 
-def run(out: Path, seed: int, pruner: str, trials: int, data_size: str) -> dict:
+def run(out: Path, seed: int, pruner: str, trials: int, data: tuple[str, ...]) -> dict:
     name = f"bench-{pruner}-{seed}"
     storage = f"sqlite:///{out}/bench.db"
     command = [
@@ -29,7 +30,7 @@ def run(out: Path, seed: int, pruner: str, trials: int, data_size: str) -> dict:
         "-m",
         "mlp_sweep",
         "-m",
-        f"data_size={data_size}",
+        *data,
         f"hydra/sweeper/pruner={pruner}",
         f"hydra.sweeper.sampler.seed={seed}",
         f"hydra.sweeper.n_trials={trials}",
@@ -66,7 +67,12 @@ def main() -> None:
         default=["epoch_halving", "warm_median", "fast_median", "successive_halving", "none"],
         help="hydra/sweeper/pruner options (default: the ones the results page compares)",
     )
+    parser.add_argument("--tiny", action="store_true", help="digits, 1 seed, 2 trials, 2 pruners (CI)")
     args = parser.parse_args()
+    data = (f"data_size={args.data_size}",)
+    if args.tiny:
+        args.seeds, args.trials, args.pruners = [0], 2, ["epoch_halving", "none"]
+        data = ("data=digits", "data_size=1k", "trainer.epochs=2")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +80,7 @@ def main() -> None:
         print("|---:|---|---:|---:|---:|---:|---:|")
         for seed in args.seeds:
             for pruner in args.pruners:  # interleaved, so that machine noise hits all alike
-                r = run(Path(tmp), seed, pruner, args.trials, args.data_size)
+                r = run(Path(tmp), seed, pruner, args.trials, data)
                 rows.append(r)
                 print(
                     f"| {seed} | {pruner} | {r['epochs']} | {r['pruned']} | {r['wall']:.0f} | "

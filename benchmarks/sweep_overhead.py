@@ -1,6 +1,7 @@
 """Per-trial overhead of the sweep machinery (Hydra job setup, Optuna ask/tell, files written).
 
     python benchmarks/sweep_overhead.py [--trials 12] [--repeats 3]
+    python benchmarks/sweep_overhead.py --tiny      # 2 and 3 trials once (CI): it runs, figures meaningless
 
 Runs the same tiny digits sweep with 2 and with --trials trials in fresh folders; the difference
 in wall time, divided by the extra trials, is the cost of one trial (process start-up and
@@ -42,7 +43,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tiny", action="store_true", help="2 and 3 trials once (CI): it runs, figures meaningless")
     args = parser.parse_args()
+    if args.tiny:
+        args.trials, args.repeats = 3, 1
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     per_trial, overhead = [], []
     for _ in range(args.repeats):
