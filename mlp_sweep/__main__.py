@@ -34,7 +34,10 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
         fail(str(err))
 
 
-def train_one(cfg: DictConfig) -> float | tuple[float, ...]:
+def train_one(cfg: DictConfig) -> float | tuple[float, ...] | dict[int, Any]:
+    members = job.stack()  # hydra.sweeper.stack=K: this job trains up to K trials together
+    if members is not None:
+        return train_stack(cfg, members)
     check(cfg)  # before torch is imported: a config error answers at once
     from hydra.utils import instantiate
 
@@ -47,7 +50,7 @@ def train_one(cfg: DictConfig) -> float | tuple[float, ...]:
     device = pick_device(cfg.trainer.device)
     threads = set_threads(cfg.trainer.threads, parallel_jobs(hydra_cfg, cores()))
     splits = data.load(cfg.data, cfg.data_size, cfg.trainer.seed, device)
-    _seed(cfg.trainer.seed)
+    _seed(init_seed(cfg))
     model = build(splits.in_features, splits.n_classes, **cfg.model)
     trial = job.current_trial()
     if hydra_cfg.mode == RunMode.MULTIRUN and not cfg.verbose:
@@ -76,8 +79,100 @@ def train_one(cfg: DictConfig) -> float | tuple[float, ...]:
     write_outputs(out, metrics, model if cfg.save_model else None, title, extra)
     log.info("%s", table(metrics))
     log.info("outputs in %s", out)
+    return result(cfg, metrics)
+
+
+def result(cfg: DictConfig, metrics: Any) -> float | tuple[float, ...]:
     values = tuple(float(getattr(metrics, name)) for name in metric_list(cfg.optimized_metric))
     return values[0] if isinstance(cfg.optimized_metric, str) else values
+
+
+def init_seed(cfg: DictConfig) -> int:
+    seed = cfg.trainer.get("init_seed")
+    return int(cfg.trainer.seed if seed is None else seed)
+
+
+def train_stack(cfg: DictConfig, members: list[Any]) -> dict[int, Any]:
+    """A stack: its members trained together where they can share batches and a network
+    (mlp_sweep.stacked), the rest one after the other; each member's folder gets what a single
+    run writes, each member's result is its own."""
+    hydra_cfg = HydraConfig.get()
+    own = Path(hydra_cfg.runtime.output_dir)
+    if not cfg.verbose:
+        quiet_console()
+    ready, results = [], {}
+    for m in members:
+        member_cfg = cfg if m.output_dir == own else m.config()
+        try:
+            check(member_cfg)
+        except UserError as err:  # this member fails alone
+            (m.output_dir / "metrics.json").write_text(json.dumps({"status": f"invalid configuration: {err}"}))
+            continue
+        ready.append((m, member_cfg))
+    from . import data, stacked
+    from .model import build
+    from .train import cores, fit, pick_device, set_threads
+
+    device = pick_device(cfg.trainer.device)
+    threads = set_threads(cfg.trainer.threads, parallel_jobs(hydra_cfg, cores()))
+    objective = metric_list(cfg.optimized_metric)[0]
+    streams: dict[str, list[Any]] = {}
+    for m, member_cfg in ready:
+        reporter = m.reporter(objective, unit="epoch")
+        member = stacked.Member(m.trial.number, member_cfg, log=_member_log(m.trial.number, m.output_dir, own))
+        member.reporter = reporter
+        if reporter is not None:
+            member.on_epoch = lambda epoch, row, r=reporter: r(epoch, row.get(objective))
+        streams.setdefault(stacked.stream_key(member_cfg), []).append((m, member))
+    log.info("stack of %d trials (%d data stream(s)), %s, %d threads", len(ready), len(streams), device, threads)
+    for group in streams.values():
+        first = group[0][1].cfg
+        splits = data.load(first.data, first.data_size, first.trainer.seed, device)
+        nets: dict[str, list[Any]] = {}
+        alone = []
+        for _, member in group:
+            key = stacked.network_key(member.cfg)
+            (alone.append(member) if key is None else nets.setdefault(key, []).append(member))
+        together = [member for net in nets.values() for member in net]
+        if together:
+            stacked.fit_stream(together, splits, first.trainer, first.augment, list(nets.values()))
+        for member in alone:  # a model the stack does not batch: trained as a single run would be
+            _seed(init_seed(member.cfg))
+            member.model = build(splits.in_features, splits.n_classes, **member.cfg.model)
+            c = member.cfg
+            member.metrics = fit(member.model, splits, instantiate_optimizer(c), c.trainer, c.augment, member.on_epoch)
+        for m, member in group:
+            extra = {}
+            if member.metrics.status == "pruned":
+                member.log.info("%s", member.reporter.reason)
+                extra["pruned_reason"] = member.reporter.reason
+            title = " ".join(_overrides_of(m.output_dir, hydra_cfg, own)) or "defaults"
+            write_outputs(m.output_dir, member.metrics, member.model if member.cfg.save_model else None, title, extra)
+            member.log.info("trial %d\n%s", m.trial.number, table(member.metrics))
+            results[m.trial.number] = result(member.cfg, member.metrics)
+    return results
+
+
+def instantiate_optimizer(cfg: DictConfig) -> Any:
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.optimizer, _execution_whitelist_=TRUSTED)
+
+
+def _overrides_of(folder: Path, hydra_cfg: DictConfig, own: Path) -> list[str]:
+    if folder == own:
+        return list(hydra_cfg.overrides.task)
+    return list(OmegaConf.load(folder / ".hydra" / "overrides.yaml"))
+
+
+def _member_log(number: int, folder: Path, own: Path) -> logging.Logger:
+    """A member's epoch lines: in its own folder's mlp_sweep.log, and (tagged) in the job's log."""
+    member_log = logging.getLogger(f"mlp_sweep.epochs.trial{number}")
+    if folder != own and not member_log.handlers:
+        handler = logging.FileHandler(folder / "mlp_sweep.log")
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        member_log.addHandler(handler)
+    return member_log
 
 
 class _JobLinesInFile(logging.Filter):

@@ -28,6 +28,22 @@ The sweeper hands a job its trial through environment variables it sets with Hyd
 `hydra.job.env_set` (a storage URL with a password through the sweeper's own environment instead,
 so that it is never written to a job's files): a task needs no config keys of the sweeper's.
 
+With the sweeper's `stack: K` setting (K > 1), one job trains up to K trials together, for an app
+that can (many small models as one batched network):
+
+    members = job.stack()                # None unless this job is a stack
+    if members is not None:
+        results = {}
+        for m in members:                # m.trial, m.output_dir, m.config(), m.reporter(...)
+            ...                          # train them together; write each one's files in m.output_dir
+            results[m.trial.number] = value
+        return results                   # one result per trial number
+
+The first member's folder is the job's own; each other member's folder holds its
+`.hydra/config.yaml` (its whole config, as a single job of that trial would get it) before the
+job starts. Each member is an ordinary trial: its reporter prunes it alone, its results file in its
+folder is read as a single job's, and a member missing from the returned dict fails alone.
+
 An app may also leave a JSON file in its job folder (the sweeper's `results_file` setting): the
 keys named in `record` become the trial's user attributes, a `status` other than `ok` fails the
 trial with that reason (`pruned`, with `pruned_reason`, prunes it), and the values named in
@@ -40,6 +56,7 @@ import json
 import os
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .signals import raise_pending
@@ -48,6 +65,7 @@ TRIAL_ENV = "HYDRA_STUDY_SWEEPER_TRIAL"
 STUDY_ENV = "HYDRA_STUDY_SWEEPER_STUDY"
 STORAGE_ENV = "HYDRA_STUDY_SWEEPER_STORAGE"  # absolute storage URL; unset for an in-memory study
 PRUNER_ENV = "HYDRA_STUDY_SWEEPER_PRUNER"  # the pruner's config as JSON
+STACK_ENV = "HYDRA_STUDY_SWEEPER_STACK"  # a stacked job's trial numbers, comma separated
 PRUNED_ATTR = "pruned_reason"  # set on the trial by the reporter when the pruner says stop
 IN_PROCESS: dict[str, Any] = {}  # in-memory studies, for jobs run in the sweeper's own process
 
@@ -66,10 +84,43 @@ def current_trial() -> SweepTrial | None:
     return SweepTrial(study=os.environ.get(STUDY_ENV, ""), number=int(number))
 
 
-def reporter(name: str = "value", unit: str = "step") -> Reporter | None:
-    """The channel to this job's trial, or None outside a sweep (or for an unreachable study).
-    `name` and `unit` are what the value and the step are called in a pruned trial's reason."""
-    trial = current_trial()
+@dataclass(frozen=True)
+class Member:
+    """One trial of a stacked job."""
+
+    trial: SweepTrial
+    output_dir: Path  # its job folder: results, curves, weights go here
+
+    def config(self) -> Any:
+        """The member's whole task config (unresolved, as Hydra saved it for the trial)."""
+        from omegaconf import OmegaConf
+
+        return OmegaConf.load(self.output_dir / ".hydra" / "config.yaml")
+
+    def reporter(self, name: str = "value", unit: str = "step") -> Reporter | None:
+        return reporter(name, unit, trial=self.trial)
+
+
+def stack() -> list[Member] | None:
+    """The trials this job trains together (the first is the job's own trial), or None when the
+    job is a single trial or not in a sweep."""
+    numbers, trial = os.environ.get(STACK_ENV), current_trial()
+    if not numbers or trial is None:
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    own = Path(HydraConfig.get().runtime.output_dir)
+    return [
+        Member(SweepTrial(trial.study, int(n)), own if int(n) == trial.number else own.parent / n)
+        for n in numbers.split(",")
+    ]
+
+
+def reporter(name: str = "value", unit: str = "step", trial: SweepTrial | None = None) -> Reporter | None:
+    """The channel to this job's trial (or to `trial`, a member of a stack), or None outside a sweep
+    (or for an unreachable study). `name` and `unit` are what the value and the step are called in
+    a pruned trial's reason."""
+    trial = trial or current_trial()
     if trial is None or not (os.environ.get(STORAGE_ENV) or trial.study in IN_PROCESS):
         return None
     return Reporter(trial, name, unit)
@@ -128,9 +179,13 @@ class Reporter:
         return ""
 
 
-def job_overrides(study: str, number: int, storage: str | None, pruner: str | None) -> tuple[str, ...]:
+def job_overrides(
+    study: str, number: int, storage: str | None, pruner: str | None, stack: list[int] | None = None
+) -> tuple[str, ...]:
     """The Hydra overrides that hand a job its trial (`++`: adds the keys or replaces them)."""
     values = {STUDY_ENV: study, TRIAL_ENV: str(number), STORAGE_ENV: storage, PRUNER_ENV: pruner}
+    if stack:
+        values[STACK_ENV] = ",".join(map(str, stack))
     return tuple(f"++hydra.job.env_set.{k}={_quoted(v)}" for k, v in values.items() if v is not None)
 
 

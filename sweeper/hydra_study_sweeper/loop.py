@@ -60,7 +60,9 @@ class Run:
     launches: Launches
     configure: Any  # (trial) -> the job's parameter overrides
     allowed_failures: int
+    write_member: Any = None  # (trial number, its job's overrides) -> its folder's .hydra files (stacks)
     in_flight: dict[int, InFlight] = field(default_factory=dict)
+    jobs: dict[int, list[int]] = field(default_factory=dict)  # running job (its first trial) -> its trials
     failures: list[str] = field(default_factory=list)
     told: int = 0  # trials of this run that ended
     stopping: bool = False  # too many failures: start nothing more
@@ -83,7 +85,7 @@ def step(r: Run) -> bool:
     raise_pending()
     if r.scan is None:
         r.scan = scan(r)
-    if r.scan.todo > 0 and not r.stopping and len(r.in_flight) < r.settings.n_jobs:
+    if r.scan.todo > 0 and not r.stopping and len(r.jobs) < r.settings.n_jobs:
         launch_next(r)
     elif r.in_flight:
         collect(r)
@@ -109,7 +111,22 @@ def scan(r: Run) -> Scan:
 
 
 def launch_next(r: Run) -> None:
-    """Ask one trial and launch its job; when the study filled up first, look again."""
+    """Ask up to `stack` trials and launch them as one job; when the study filled up first, look again."""
+    wanted = min(r.settings.stack, r.scan.todo)
+    members = []
+    while len(members) < wanted:
+        asked = ask(r)
+        if asked is None:
+            break
+        members.append(asked)
+    if len(members) < wanted:
+        r.scan = None
+    if members:
+        launch(r, members)
+
+
+def ask(r: Run) -> tuple[optuna.Trial, tuple[str, ...]] | None:
+    """One trial and its parameter overrides; None when the study had its target first."""
     # Each draw is seeded with the sampler's seed offset by the trial's number: a rerun continues
     # the search, workers sharing the study draw apart, one seeded worker alone is reproducible.
     # Relative samplers draw inside ask() (the number is guessed from the trials stored),
@@ -120,8 +137,7 @@ def launch_next(r: Run) -> None:
     r.heartbeat.add(trial)
     trial.set_user_attr("worker", WORKER)
     if surplus(r, trial):
-        r.scan = None
-        return
+        return None
     r.study.sampler = r.plan.make_sampler(trial.number)
     try:
         overrides = r.configure(trial)
@@ -129,15 +145,41 @@ def launch_next(r: Run) -> None:
         r.forget(trial.number)
         outcome.tell(r.study, trial, Outcome.failed(f"{type(err).__name__}: {err}"))
         raise UserError(f"cannot build the trial's parameters: {err}") from None
-    job = (
-        *overrides,
-        *job_overrides(r.study.study_name, trial.number, *job_channel(r.settings)),
-        f"hydra.sweep.dir={r.plan.sweep_dir}",
-        f"hydra.sweep.subdir={trial.number}",
-    )
     log.info("trial %d start: %s", trial.number, shown_params(trial.params))
     r.scan = Scan(r.scan.at, r.scan.done, r.scan.others, r.scan.todo - 1, r.scan.stored + 1)
-    r.launches.start(trial.number, job)
+    return trial, overrides
+
+
+def launch(r: Run, members: list[tuple[optuna.Trial, tuple[str, ...]]]) -> None:
+    """One job for the trials: the first one's folder is the job's; with stacking on, every other
+    member's folder gets its config before the job starts."""
+    numbers = [trial.number for trial, _ in members]
+    stack = numbers if r.settings.stack > 1 else None
+    jobs = [member_job(r, trial.number, overrides, stack) for trial, overrides in members]
+    try:
+        for number, job in zip(numbers[1:], jobs[1:], strict=True):
+            r.write_member(number, job)
+    except Exception as err:  # a full disk, a file where a folder goes: these trials fail, the sweep goes on
+        StorageFailure.raise_if_storage(err, r.settings.storage)
+        for trial, _ in members:
+            r.forget(trial.number)
+            outcome.tell(r.study, trial, Outcome.failed(f"cannot prepare the stack's folders: {err}"))
+        r.scan = None
+        return
+    if stack:
+        log.info("trials %s train together (stack of %d)", ", ".join(map(str, numbers)), len(numbers))
+    r.jobs[numbers[0]] = numbers
+    r.launches.start(numbers[0], jobs[0])
+
+
+def member_job(r: Run, number: int, overrides: tuple[str, ...], stack: list[int] | None) -> tuple[str, ...]:
+    """The overrides of one trial's job (a stack's first member's are the stack's)."""
+    return (
+        *overrides,
+        *job_overrides(r.study.study_name, number, *job_channel(r.settings), stack),
+        f"hydra.sweep.dir={r.plan.sweep_dir}",
+        f"hydra.sweep.subdir={number}",
+    )
 
 
 def surplus(r: Run, trial: optuna.Trial) -> bool:
@@ -164,8 +206,11 @@ def surplus(r: Run, trial: optuna.Trial) -> bool:
 def collect(r: Run) -> None:
     """Tell the trials whose jobs ended (waiting a second for one); look at the study again after."""
     ended = r.launches.wait(timeout=1.0)
-    for number, ret in ended:
-        finish(r, number, ret)
+    for first, ret in ended:
+        numbers = r.jobs.pop(first)
+        parts = {first: ret} if r.settings.stack == 1 else outcome.of_stack(ret, numbers)
+        for number in numbers:
+            finish(r, number, parts[number])
     if ended:
         progress(r)
         r.stopping = r.stopping or len(r.failures) > r.allowed_failures

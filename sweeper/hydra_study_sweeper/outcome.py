@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,39 @@ def of_job(ret: Any, results: dict[str, Any], n_values: int, pruned: str | None)
     if status != "ok":
         return Outcome.failed(str(status))
     return of_value(value, n_values)
+
+
+class Part:
+    """One member's share of a stacked job's return, read as a single job's return is."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    @property
+    def return_value(self) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+def of_stack(ret: Any, numbers: list[int]) -> dict[int, Any]:
+    """Each member's part of a stacked job's return: the job's error is every member's; a result
+    dict gives each trial number its own (a trial it leaves out fails alone)."""
+    if isinstance(ret, BaseException):
+        return dict.fromkeys(numbers, ret)
+    try:
+        value = ret.return_value
+    except BaseException:  # noqa: BLE001 - the task's error, raised again for each member
+        return dict.fromkeys(numbers, ret)
+    if not isinstance(value, Mapping):
+        err = TypeError(
+            f"the stacked job of trials {numbers} returned {value!r}, not one result per trial number: "
+            "does the task train stacks (hydra_study_sweeper.job.stack())? Else set hydra.sweeper.stack=1"
+        )
+        return dict.fromkeys(numbers, err)
+    found = {int(k): v for k, v in value.items()}
+    missing = LookupError(f"the stacked job returned no result for this trial (it returned {sorted(found)})")
+    return {n: Part(found[n]) if n in found else missing for n in numbers}
 
 
 def of_value(value: Any, n_values: int) -> Outcome:

@@ -40,6 +40,7 @@ class Settings:
     custom_search_space: str | None
     params: Any
     heartbeat_interval: int = 10
+    stack: int = 1
     grace_period: int | None = None
     enqueue_trials: tuple[dict, ...] = ()
     metric_names: tuple[str, ...] | None = None
@@ -100,6 +101,8 @@ def check(s: Settings) -> None:
         bad.append(f"hydra.sweeper.n_trials={s.n_trials!r} is not allowed: use an integer >= 1")
     if not (isinstance(s.n_jobs, int) and s.n_jobs >= 1):
         bad.append(f"hydra.sweeper.n_jobs={s.n_jobs!r} is not allowed: use an integer >= 1")
+    if not (isinstance(s.stack, int) and not isinstance(s.stack, bool) and s.stack >= 1):
+        bad.append(f"hydra.sweeper.stack={s.stack!r} is not allowed: use an integer >= 1 (1 = one trial a job)")
     rate = s.max_failure_rate
     if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate <= 1):
         bad.append(f"hydra.sweeper.max_failure_rate={rate!r} is not allowed: use a number in [0, 1]")

@@ -6,6 +6,7 @@ plan (plan.py) ─▶ open the study (study.py) ─▶ run loop (loop.py) ─▶
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import optuna
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from optuna.trial import TrialState
 
 from . import cleanup, loop, plan, settings, staged, stock, summary
@@ -71,6 +72,7 @@ class StudySweeper:
             launches=Launches(self.inputs.launcher),
             configure=lambda trial: self.configurator.overrides(trial, p.space, self.config),
             allowed_failures=loop.allowed_failures(s, p, study),
+            write_member=lambda number, job: self.write_member(p, number, job),
         )
         try:
             with interrupting():
@@ -91,6 +93,18 @@ class StudySweeper:
             heartbeat.stop()
         self.summarize(study, p)
         return study
+
+    def write_member(self, p: plan.Plan, number: int, job: tuple[str, ...]) -> None:
+        """A stack member's .hydra files, as Hydra writes them for a job of its own: its whole task
+        config (what the stacked job trains it with) and its overrides."""
+        composed = self.inputs.loader.load_sweep_config(self.config, list(job))
+        folder = p.sweep_dir / str(number) / ".hydra"
+        folder.mkdir(parents=True, exist_ok=True)
+        task = copy.deepcopy(composed)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        OmegaConf.save(task, folder / "config.yaml")
+        OmegaConf.save(composed.hydra.overrides.task, folder / "overrides.yaml")
 
     def open(self, p: plan.Plan) -> optuna.Study:
         from .study import open_study

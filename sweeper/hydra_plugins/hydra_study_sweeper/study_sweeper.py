@@ -65,7 +65,10 @@ class StudySweeperConf(SweeperConf):
     _target_: str = "hydra_plugins.hydra_study_sweeper.study_sweeper.StudySweeperPlugin"
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     pruner: Any = MISSING  # hydra/sweeper/pruner=none|median|percentile|successive_halving|hyperband
-    n_jobs: int = 1  # trials launched at once; >1 only pays with a parallel launcher (joblib)
+    n_jobs: int = 1  # jobs launched at once; >1 only pays with a parallel launcher (joblib)
+    # trials per job: up to `stack` trials handed to one job that trains them together (an app that
+    # supports it: hydra_study_sweeper.job.stack()); 1 = one trial a job
+    stack: int = 1
     max_failure_rate: float = 0.5  # share of this run's trials allowed to fail before the sweep stops
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (RDB storages)
     grace_period: int | None = None  # seconds without a heartbeat before a trial is stale; None = 2 intervals

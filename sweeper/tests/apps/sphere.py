@@ -17,7 +17,17 @@ log = logging.getLogger("sphere")
 
 @hydra.main(config_path="conf", config_name="sphere")
 def sphere(cfg: DictConfig):
-    trial = job.current_trial()
+    members = job.stack() if cfg.stacks else None
+    if members is None:
+        return one(cfg)
+    # a stack: each member with its own config, reporter and folder, one result per trial number
+    print(f"stack of trials {[m.trial.number for m in members]}")
+    return {m.trial.number: one(m.config(), m.trial, m.reporter("loss"), str(m.output_dir)) for m in members}
+
+
+def one(cfg: DictConfig, trial=None, report=None, out=None):
+    trial = trial or job.current_trial()
+    report = report if trial is not None and report is not None else job.reporter("loss")
     number = trial.number if trial else None
     print(f"job of trial {number} in study {trial.study if trial else None}")
     value = cfg.x**2 + cfg.y**2
@@ -27,9 +37,9 @@ def sphere(cfg: DictConfig):
             time.sleep(0.05)
     if cfg.seconds:  # a job that takes time; trial 0 takes six times as long
         time.sleep(cfg.seconds * (6 if number == 0 else 1))
-    value = train(cfg, value, job.reporter("loss"))
+    value = train(cfg, value, report)
     if cfg.results:  # a results file, as an app may leave one (hydra.sweeper.results_file)
-        out = hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
+        out = out or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
         status = "diverged" if cfg.mode == "diverge_first" and number == 0 else "ok"
         with open(os.path.join(out, "results.json"), "w") as f:
             json.dump({"status": status, "loss": value, "distance": math.sqrt(value)}, f)

@@ -1,0 +1,503 @@
+"""Stacked training: the members of a stack (trials of one sweep) trained together over shared batches.
+
+Members that share a depth, an activation family and an optimizer form one network: its first
+layer is one wide matrix product over the shared batch (in_features x K*H), later layers are
+batched products (K, H, H). Each member keeps its own learning rate, weight decay, dropout, label
+smoothing, initialization seed, leaky slope (ReLU is slope 0), epochs and patience; narrower
+members are padded to the widest with units whose weights are zero and stay zero (their gradients
+are masked). Members that need a different data stream (another data size, batch size, seed or
+augmentation) train after each other; those whose model this module does not stack (batch or
+layer norm, a weight average, bf16, an unknown optimizer) train alone with `train.fit`.
+
+What a member sees is what it would see alone: the same batch order and augmentation (drawn from
+`trainer.seed`), the same initial weights (`trainer.init_seed`, else `trainer.seed`, then
+`model.build`), the same Adam / AdamW / SGD arithmetic, its own early stopping and restored best
+epoch, and the final metrics measured by `train.evaluate` on its own `nn.Sequential`. Only float
+rounding differs (wide products sum in another order), and dropout masks, which come from the
+member's own generator instead of the global one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .augment import Batcher, Mixer
+from .data import Splits
+from .model import build
+from .train import Metrics, _autocast, _schedule, evaluate
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = {  # target -> the settings a stack's members must share (lr and weight_decay are each member's)
+    "torch.optim.Adam": ("betas", "eps", "amsgrad", "maximize", "capturable", "differentiable"),
+    "torch.optim.AdamW": ("betas", "eps", "amsgrad", "maximize", "capturable", "differentiable"),
+    "torch.optim.SGD": ("momentum", "dampening", "nesterov", "maximize", "differentiable"),
+}
+SLOPES = {"relu": 0.0, "leaky_relu": 0.01}  # nn.LeakyReLU's default slope
+PER_STREAM = ("batch_size", "seed", "device", "precision", "lr_schedule", "warmup_epochs")
+
+
+def stream_key(cfg: DictConfig) -> str:
+    """What members must share to train on the same batches: the data, its size, the augmentation,
+    the batch size and the seed that orders and augments them, the schedule's shape."""
+    t = cfg.trainer
+    shared = {k: t.get(k) for k in PER_STREAM}
+    if t.lr_schedule != "constant":
+        shared["epochs"] = t.epochs  # a cosine schedule's length
+    parts = {"data": cfg.data, "data_size": cfg.data_size, "augment": cfg.augment, "trainer": shared}
+    return json.dumps(OmegaConf.to_container(OmegaConf.create(parts), resolve=True), sort_keys=True, default=str)
+
+
+def network_key(cfg: DictConfig) -> str | None:
+    """What members must share to be one network; None for a member this module cannot stack."""
+    m, t, opt = cfg.model, cfg.trainer, OmegaConf.to_container(cfg.optimizer, resolve=True)
+    target = opt.get("_target_")
+    if m.norm != "none" or t.get("ema") is not None or t.precision != "fp32" or target not in OPTIMIZERS:
+        return None
+    if opt.get("amsgrad") or opt.get("maximize") or opt.get("differentiable") or opt.get("capturable"):
+        return None
+    known = {"_target_", "_partial_", "lr", "weight_decay", "fused", "foreach", *OPTIMIZERS[target]}
+    if set(opt) - known:
+        return None
+    family = "leaky" if m.activation in SLOPES else m.activation
+    shared = {k: opt.get(k) for k in OPTIMIZERS[target]}
+    return json.dumps({"layers": m.num_layers, "act": family, "opt": target, **shared}, sort_keys=True, default=str)
+
+
+@dataclass
+class Member:
+    """One trial of the stack: its config and, once trained, its metrics and best weights."""
+
+    number: int
+    cfg: DictConfig
+    on_epoch: Callable[[int, dict[str, float]], bool] | None = None
+    reporter: Any = None  # the sweep's channel to the member's trial (its reason when pruned)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("mlp_sweep.epochs"))
+    # filled in by training
+    history: list[dict[str, float]] = field(default_factory=list)
+    status: str = "ok"
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    best: list[torch.Tensor] | None = None  # its unpadded weights of the best epoch, as build() names them
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    metrics: Metrics | None = None
+    model: nn.Module | None = None
+    generator: torch.Generator | None = None
+
+    def dropout_generator(self, device: torch.device) -> torch.Generator:
+        """The member's own stream of dropout masks (it goes with the member when others leave)."""
+        if self.generator is None:
+            self.generator = torch.Generator(device=device).manual_seed(self.init_seed() + 7919)
+        return self.generator
+
+    @property
+    def width(self) -> int:
+        return int(self.cfg.model.hidden_size)
+
+    def init_seed(self) -> int:
+        seed = self.cfg.trainer.get("init_seed")
+        return int(self.cfg.trainer.seed if seed is None else seed)
+
+    def alone(self, in_features: int, n_classes: int) -> nn.Sequential:
+        """The member as a single run builds it (same seed, same initial weights)."""
+        torch.manual_seed(self.init_seed())
+        return build(in_features, n_classes, **self.cfg.model)
+
+
+class Stack:
+    """K members of one network key as stacked tensors. The first layer, which holds most of the
+    work, is unpadded: its weights are the members' rows one after another (sum of widths, in), one
+    product over the shared batch. Later layers are batched products (K, out, in) over the widths
+    padded to the widest; padded units are held at zero. Each member's slices are contiguous, so
+    torch's own optimizer kernels update them with the member's own lr and weight decay. Members
+    leave at epoch ends, and what they leave is not computed any more."""
+
+    def __init__(self, members: list[Member], in_features: int, n_classes: int, device: torch.device) -> None:
+        self.members, self.device = list(members), device
+        self.layers = int(members[0].cfg.model.num_layers)
+        self.activation = str(members[0].cfg.model.activation)
+        self.optimizer = OmegaConf.to_container(members[0].cfg.optimizer, resolve=True)
+        self.kind = str(self.optimizer["_target_"]).rsplit(".", 1)[-1]
+        self.in_features, self.n_classes = in_features, n_classes
+        k, first = len(members), [self._out(m, 0) for m in members]
+        width = max(m.width for m in members)
+        self.weights = [torch.zeros(sum(first), in_features, device=device)]
+        self.biases = [torch.zeros(sum(first), device=device)]
+        for j in range(1, self.layers):
+            out = width if j < self.layers - 1 else n_classes
+            self.weights.append(torch.zeros(k, out, width, device=device))
+            self.biases.append(torch.zeros(k, out, device=device))
+        offsets = [sum(first[:i]) for i in range(k)]
+        for i, m in enumerate(members):
+            linears = [layer for layer in m.alone(in_features, n_classes) if isinstance(layer, nn.Linear)]
+            for j, linear in enumerate(linears):
+                out, inp = linear.weight.shape
+                if j == 0:
+                    self.weights[0][offsets[i] : offsets[i] + out] = linear.weight.detach()
+                    self.biases[0][offsets[i] : offsets[i] + out] = linear.bias.detach()
+                else:
+                    self.weights[j][i, :out, :inp] = linear.weight.detach()
+                    self.biases[j][i, :out] = linear.bias.detach()
+        self.moments = [[torch.zeros_like(p) for p in self.params] for _ in range(1 if self.kind == "SGD" else 2)]
+        self.steps = [[torch.zeros((), device=device) for _ in self.params] for _ in members]
+        self._vectors()
+
+    def _out(self, m: Member, layer: int) -> int:
+        return m.width if layer < self.layers - 1 else self.n_classes
+
+    def _vectors(self) -> None:
+        """Per-member settings as tensors, where each member's units are, and fresh leaves."""
+        ms, dev = self.members, self.device
+
+        def vec(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, device=dev, dtype=torch.float32)
+
+        first = [self._out(m, 0) for m in ms]
+        self.rows = [(sum(first[:i]), sum(first[: i + 1])) for i in range(len(ms))]  # first-layer rows
+        self.width = self.weights[1].shape[2] if self.layers > 1 else 0
+        self.dropout = [float(m.cfg.model.dropout) for m in ms]
+        self.drops = any(p > 0 for p in self.dropout)
+        self.smoothing = vec([float(m.cfg.trainer.label_smoothing) for m in ms])
+        slopes = [SLOPES.get(str(m.cfg.model.activation), 0.0) for m in ms]
+        self.leaky = any(slopes)
+        self.unit_slope = vec([a for a, d in zip(slopes, first, strict=True) for _ in range(d)])
+        self.slope = vec(slopes)[:, None, None]
+        self.generators = [m.dropout_generator(dev) for m in ms]
+        self.padded = self.layers > 1 and any(m.width < self.width for m in ms)
+        # where each first-layer unit goes in the padded (K * width) layout of the later layers
+        self.pad_index = torch.tensor(
+            [k * self.width + j for k, d in enumerate(first) for j in range(d)], device=dev, dtype=torch.long
+        )
+        self.unit_mask = (torch.arange(self.width, device=dev)[None, :] < vec([m.width for m in ms])[:, None]).float()
+        for p in self.params:
+            p.requires_grad_(True)
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [*self.weights, *self.biases]
+
+    # -- the network
+    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """x (B, ...) -> logits (K, B, C)."""
+        k, b = len(self.members), x.shape[0]
+        h = torch.addmm(self.biases[0], x.flatten(1), self.weights[0].t())  # (B, sum of first widths)
+        if self.layers == 1:
+            return h.view(b, k, -1).transpose(0, 1)
+        h = self._activate(h, self.unit_slope)
+        if train and self.drops:
+            h = h * torch.cat([self._keep(i, (b, hi - lo)) for i, (lo, hi) in enumerate(self.rows)], dim=1)
+        if self.padded:
+            h = h.new_zeros(b, k * self.width).index_copy(1, self.pad_index, h)
+        h = h.view(b, k, self.width).transpose(0, 1)  # (K, B, width)
+        for i in range(1, self.layers):
+            h = torch.baddbmm(self.biases[i][:, None, :], h, self.weights[i].transpose(1, 2))
+            if i < self.layers - 1:
+                h = self._activate(h, self.slope)
+                if self.padded:
+                    h = h * self.unit_mask[:, None, :]  # padded units stay exactly zero
+                if train and self.drops:
+                    keep = [self._keep(j, (b, m.width)) for j, m in enumerate(self.members)]
+                    h = h * torch.stack([F.pad(t, (0, self.width - t.shape[1])) for t in keep])
+        return h
+
+    def _activate(self, h: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        if self.activation in SLOPES:
+            return torch.where(h > 0, h, h * slope) if self.leaky else torch.relu(h)
+        if self.activation == "tanh":
+            return torch.tanh(h)
+        if self.activation == "sigmoid":
+            return torch.sigmoid(h)
+        return F.gelu(h)
+
+    def _keep(self, position: int, shape: tuple[int, int]) -> torch.Tensor:
+        """The member's dropout mask, scaled as nn.Dropout scales it, from its own generator."""
+        p = self.dropout[position]
+        if p <= 0:
+            return torch.ones(shape, device=self.device)
+        return (torch.rand(shape, device=self.device, generator=self.generators[position]) >= p) / (1 - p)
+
+    def losses(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Each member's mean cross-entropy (K,), with its own label smoothing; target: labels (B,)
+        or soft targets (B, C), as F.cross_entropy takes them."""
+        logp = torch.log_softmax(logits, dim=-1)
+        if target.dim() == 1:
+            nll = -logp.gather(-1, target.expand(logp.shape[0], -1)[..., None]).squeeze(-1)
+        else:
+            nll = -(logp * target).sum(-1)
+        smooth = -logp.mean(-1)
+        eps = self.smoothing[:, None]
+        return ((1 - eps) * nll + eps * smooth).mean(-1)
+
+    def _slices(self, tensors: list[torch.Tensor], position: int) -> list[torch.Tensor]:
+        lo, hi = self.rows[position]
+        n = len(self.weights)
+        return [t[lo:hi] if i % n == 0 else t[position] for i, t in enumerate(tensors)]
+
+    # -- the optimizer: torch's own Adam / AdamW / SGD, called once per member on its slices
+    @torch.no_grad()
+    def step(self, lr_factor: float) -> None:
+        from torch.optim.adam import adam
+        from torch.optim.sgd import sgd
+
+        params, o = self.params, self.optimizer
+        grads = [p.grad for p in params]
+        for k, m in enumerate(self.members):
+            mine, their_grads = self._slices(params, k), self._slices(grads, k)
+            lr = float(m.cfg.optimizer.lr) * lr_factor
+            wd = float(m.cfg.optimizer.get("weight_decay", 0.0) or 0.0)
+            if self.kind == "SGD":
+                momentum = float(o.get("momentum", 0.0) or 0.0)
+                sgd(
+                    mine,
+                    their_grads,
+                    self._slices(self.moments[0], k) if momentum else [None] * len(mine),
+                    foreach=o.get("foreach"),
+                    fused=o.get("fused"),
+                    weight_decay=wd,
+                    momentum=momentum,
+                    lr=lr,
+                    dampening=float(o.get("dampening", 0.0) or 0.0),
+                    nesterov=bool(o.get("nesterov", False)),
+                    maximize=False,
+                )
+                continue
+            b1, b2 = o.get("betas", (0.9, 0.999))
+            adam(
+                mine,
+                their_grads,
+                self._slices(self.moments[0], k),
+                self._slices(self.moments[1], k),
+                [],
+                self.steps[k],
+                foreach=o.get("foreach"),
+                fused=o.get("fused"),
+                decoupled_weight_decay=self.kind == "AdamW",
+                amsgrad=False,
+                beta1=float(b1),
+                beta2=float(b2),
+                lr=lr,
+                weight_decay=wd,
+                eps=float(o.get("eps", 1e-8)),
+                maximize=False,
+            )
+        for p in params:
+            p.grad = None
+
+    # -- members leaving
+    def keep(self, alive: list[int]) -> None:
+        """Only the members at these positions go on; the rest's width is not computed any more."""
+        if len(alive) == len(self.members):
+            return
+        if not alive:
+            self.members = []
+            return
+        rows = torch.tensor([r for i in alive for r in range(*self.rows[i])], device=self.device, dtype=torch.long)
+        idx = torch.tensor(alive, device=self.device)
+        width = max(self.members[i].width for i in alive)
+        n = len(self.weights)
+
+        def take(t: torch.Tensor, index: int) -> torch.Tensor:
+            if index % n == 0:  # the first layer's weight or bias
+                return t.index_select(0, rows).contiguous()
+            t = t.index_select(0, idx)
+            if index < n:
+                t = t[:, : (width if index < n - 1 else t.shape[1]), :width]
+            elif index - n < n - 1:
+                t = t[:, :width]
+            return t.contiguous()
+
+        params = [take(p.detach(), i) for i, p in enumerate(self.params)]
+        self.moments = [[take(t, i) for i, t in enumerate(ts)] for ts in self.moments]
+        self.steps = [self.steps[i] for i in alive]
+        self.weights, self.biases = params[:n], params[n:]
+        self.members = [self.members[i] for i in alive]
+        self._vectors()
+
+    def member_weights(self, position: int) -> list[torch.Tensor]:
+        """The member's own (unpadded) weight and bias of each layer, as build()'s Linear layers hold them."""
+        m, (lo, hi) = self.members[position], self.rows[position]
+        out = [self.weights[0][lo:hi].detach().clone(), self.biases[0][lo:hi].detach().clone()]
+        prev = m.width
+        for j in range(1, self.layers):
+            d = self._out(m, j)
+            w, b = self.weights[j][position, :d, :prev], self.biases[j][position, :d]
+            out += [w.detach().clone(), b.detach().clone()]
+            prev = d
+        return out
+
+
+def fit_stream(
+    members: list[Member], splits: Splits, trainer: Any, augmentation: Any, stacks: list[list[Member]]
+) -> None:
+    """Train every stack of one data stream over the same batches; each member's metrics and best
+    model end up on it."""
+    start = time.perf_counter()
+    device = splits.x_train.device
+    n = len(splits.y_train)
+    steps_per_epoch = math.ceil(n / trainer.batch_size)
+    g = torch.Generator(device=device).manual_seed(int(trainer.seed))
+    options = dict(augmentation)
+    mixer = Mixer(options.pop("mixup", 0.0), options.pop("cutmix", 0.0), splits.n_classes, int(trainer.seed))
+    batch = Batcher(splits.x_train, mean=splits.mean, std=splits.std, max_value=splits.max_value, **options)
+    factor = _lr_factors(trainer, steps_per_epoch)
+    nets = [Stack(group, splits.in_features, splits.n_classes, device) for group in stacks]
+    for m in members:
+        m.best = None
+    epochs = max(int(m.cfg.trainer.epochs) for m in members)
+    step = 0
+    for epoch in range(1, epochs + 1):
+        nets = [s for s in nets if s.members]
+        if not nets:
+            break
+        t0 = time.perf_counter()
+        sums = [torch.zeros(len(s.members), device=device) for s in nets]
+        correct = [torch.zeros(len(s.members), device=device, dtype=torch.int64) for s in nets]
+        order = torch.randperm(n, device=device, generator=g)
+        for i in range(0, n, trainer.batch_size):
+            idx = order[i : i + trainer.batch_size]
+            xb, yb = batch(idx, g), splits.y_train[idx]
+            xb, target = mixer(xb, yb, g) if mixer.on else (xb, yb)
+            lr_factor = factor(step)
+            for s, loss_sum, right in zip(nets, sums, correct, strict=True):
+                logits = s.forward(xb, train=True)
+                losses = s.losses(logits, target)
+                losses.sum().backward()
+                s.step(lr_factor)
+                loss_sum += losses.detach() * len(idx)
+                right += (logits.detach().argmax(-1) == yb).sum(-1)
+            step += 1
+        seconds = time.perf_counter() - t0
+        for s, loss_sum, right in zip(nets, sums, correct, strict=True):
+            _end_epoch(s, epoch, loss_sum / n, right.float() / n, splits, seconds, n)
+    for m in members:
+        m.metrics = _final(m, splits, trainer, time.perf_counter() - start, n)
+
+
+def _lr_factors(trainer: Any, steps_per_epoch: int) -> Callable[[int], float]:
+    """The per-step lr multiplier a single run's LambdaLR applies (1 for a constant schedule)."""
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = _schedule(dummy, trainer, steps_per_epoch)
+    if schedule is None:
+        return lambda step: 1.0
+    return lambda step: schedule.lr_lambdas[0](step)
+
+
+@torch.no_grad()
+def _evaluate(s: Stack, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each member's mean cross-entropy and accuracy on (x, y), as train.evaluate measures them."""
+    from .train import EVAL_BATCH
+
+    k = len(s.members)
+    loss = torch.zeros(k, device=x.device)
+    right = torch.zeros(k, device=x.device, dtype=torch.int64)
+    for i in range(0, len(y), EVAL_BATCH):
+        xb, yb = x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]
+        logits = s.forward(xb, train=False)
+        logp = torch.log_softmax(logits, -1)
+        loss -= logp.gather(-1, yb.expand(k, -1)[..., None]).squeeze(-1).sum(-1)
+        right += (logits.argmax(-1) == yb).sum(-1)
+    return loss / len(y), right.double() / len(y)
+
+
+def _end_epoch(
+    s: Stack, epoch: int, train_loss: torch.Tensor, train_acc: torch.Tensor, splits: Splits, seconds: float, n: int
+) -> None:
+    """Validate every member, keep its best epoch, report it; the members that stop leave."""
+    val_loss, val_acc = _evaluate(s, splits.x_val, splits.y_val)
+    alive = []
+    for i, m in enumerate(s.members):
+        t = m.cfg.trainer
+        m.train_seconds += seconds
+        m.images_seen += n
+        loss = float(train_loss[i])
+        if not math.isfinite(loss):
+            m.status = "diverged"
+            m.log.warning("epoch %d: training loss is %s; stopping, keeping epoch %d", epoch, loss, m.best_epoch)
+            continue
+        row = {
+            "epoch": epoch,
+            "train_loss": loss,
+            "train_acc": float(train_acc[i]),
+            "val_loss": float(val_loss[i]),
+            "val_acc": float(val_acc[i]),
+            "seconds": seconds,
+            "images_per_second": n / seconds,
+        }
+        m.history.append(row)
+        improved = row["val_acc"] > m.best_acc
+        if improved:
+            m.best_acc, m.best_epoch, m.best = row["val_acc"], epoch, s.member_weights(i)
+        m.log.info(
+            "epoch %3d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%%s  %8s img/s (network of %d)",
+            epoch,
+            t.epochs,
+            loss,
+            100 * row["train_acc"],
+            row["val_loss"],
+            100 * row["val_acc"],
+            " *" if improved else "  ",
+            f"{row['images_per_second']:,.0f}",
+            len(s.members),
+        )
+        if m.on_epoch is not None and not m.on_epoch(epoch, row):
+            m.status = "pruned"
+            continue
+        if t.patience and epoch - m.best_epoch >= t.patience:
+            m.log.info("early stop: no better val_acc for %d epochs; best epoch %d", t.patience, m.best_epoch)
+            continue
+        if epoch >= int(t.epochs):
+            continue
+        alive.append(i)
+    s.keep(alive)
+
+
+def _final(m: Member, splits: Splits, trainer: Any, seconds: float, n: int) -> Metrics:
+    """The member's best epoch restored into its own nn.Sequential, measured as a single run is."""
+    model = m.alone(splits.in_features, splits.n_classes).to(splits.x_train.device)
+    if m.best is not None:
+        linears = [layer for layer in model if isinstance(layer, nn.Linear)]
+        with torch.no_grad():
+            for j, linear in enumerate(linears):
+                linear.weight.copy_(m.best[2 * j])
+                linear.bias.copy_(m.best[2 * j + 1])
+    m.model = model
+    autocast = _autocast(splits.x_train.device, "fp32")
+    val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, autocast)
+    t = m.cfg.trainer
+    tta = {}
+    if t.get("tta"):
+        tta = {
+            "val_acc_tta": evaluate(model, splits.x_val, splits.y_val, autocast, flips=True)[1],
+            "test_acc_tta": evaluate(model, splits.x_test, splits.y_test, autocast, flips=True)[1],
+        }
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    epochs_run = len(m.history) + (m.status == "diverged")
+    return Metrics(
+        train_acc=evaluate(model, splits.x_train, splits.y_train, autocast)[1],
+        val_acc=val_acc,
+        test_acc=evaluate(model, splits.x_test, splits.y_test, autocast)[1],
+        val_loss=val_loss,
+        best_epoch=m.best_epoch,
+        epochs_run=epochs_run,
+        epochs_planned=int(t.epochs),
+        status=m.status,
+        seconds=seconds,
+        images_per_second=m.images_seen / m.train_seconds if m.train_seconds else 0.0,
+        params=params,
+        train_images=n,
+        train_tflop=6 * params * n * epochs_run / 1e12,
+        history=m.history,
+        **tta,
+    )
