@@ -95,62 +95,81 @@ def init_seed(cfg: DictConfig) -> int:
 def train_stack(cfg: DictConfig, members: list[Any]) -> dict[int, Any]:
     """A stack: its members trained together where they can share batches and a network
     (mlp_sweep.stacked), the rest one after the other; each member's folder gets what a single
-    run writes, each member's result is its own."""
+    run writes, each member's result is its own (None for one whose config is invalid: its
+    metrics.json says why)."""
+    from . import stacked
+    from .train import cores, pick_device, set_threads
+
     hydra_cfg = HydraConfig.get()
     own = Path(hydra_cfg.runtime.output_dir)
     if not cfg.verbose:
         quiet_console()
-    ready, results = [], {}
-    for m in members:
-        member_cfg = cfg if m.output_dir == own else m.config()
-        try:
-            check(member_cfg)
-        except UserError as err:  # this member fails alone
-            (m.output_dir / "metrics.json").write_text(json.dumps({"status": f"invalid configuration: {err}"}))
-            continue
-        ready.append((m, member_cfg))
-    from . import data, stacked
-    from .model import build
-    from .train import cores, fit, pick_device, set_threads
-
     device = pick_device(cfg.trainer.device)
     threads = set_threads(cfg.trainer.threads, parallel_jobs(hydra_cfg, cores()))
     objective = metric_list(cfg.optimized_metric)[0]
-    streams: dict[str, list[Any]] = {}
-    for m, member_cfg in ready:
-        reporter = m.reporter(objective, unit="epoch")
-        member = stacked.Member(m.trial.number, member_cfg, log=_member_log(m.trial.number, m.output_dir, own))
-        member.reporter = reporter
-        if reporter is not None:
-            member.on_epoch = lambda epoch, row, r=reporter: r(epoch, row.get(objective))
-        streams.setdefault(stacked.stream_key(member_cfg), []).append((m, member))
-    log.info("stack of %d trials (%d data stream(s)), %s, %d threads", len(ready), len(streams), device, threads)
-    for group in streams.values():
-        first = group[0][1].cfg
-        splits = data.load(first.data, first.data_size, first.trainer.seed, device)
-        nets: dict[str, list[Any]] = {}
-        alone = []
-        for _, member in group:
-            key = stacked.network_key(member.cfg)
-            (alone.append(member) if key is None else nets.setdefault(key, []).append(member))
-        together = [member for net in nets.values() for member in net]
-        if together:
-            stacked.fit_stream(together, splits, first.trainer, first.augment, list(nets.values()))
-        for member in alone:  # a model the stack does not batch: trained as a single run would be
-            _seed(init_seed(member.cfg))
-            member.model = build(splits.in_features, splits.n_classes, **member.cfg.model)
-            c = member.cfg
-            member.metrics = fit(member.model, splits, instantiate_optimizer(c), c.trainer, c.augment, member.on_epoch)
-        for m, member in group:
-            extra = {}
-            if member.metrics.status == "pruned":
-                member.log.info("%s", member.reporter.reason)
-                extra["pruned_reason"] = member.reporter.reason
-            title = " ".join(_overrides_of(m.output_dir, hydra_cfg, own)) or "defaults"
-            write_outputs(m.output_dir, member.metrics, member.model if member.cfg.save_model else None, title, extra)
-            member.log.info("trial %d\n%s", m.trial.number, table(member.metrics))
-            results[m.trial.number] = result(member.cfg, member.metrics)
+    results: dict[int, Any] = {}
+    streams: dict[str, list[tuple[Any, Any]]] = {}
+    files: list[tuple[logging.Logger, logging.Handler]] = []
+    try:
+        for m in members:
+            member_cfg = cfg if m.output_dir == own else m.config()
+            try:
+                check(member_cfg)
+            except UserError as err:  # this member fails alone, with the reason
+                (m.output_dir / "metrics.json").write_text(json.dumps({"status": f"invalid configuration: {err}"}))
+                results[m.trial.number] = None
+                continue
+            member = stacked.Member(m.trial.number, member_cfg, log=_member_log(m, own, files))
+            member.reporter = m.reporter(objective, unit="epoch")
+            if member.reporter is not None:
+                member.on_epoch = lambda epoch, row, r=member.reporter: r(epoch, row.get(objective))
+            streams.setdefault(stacked.stream_key(member_cfg), []).append((m, member))
+        trained = sum(map(len, streams.values()))
+        log.info("stack of %d trials (%d data stream(s)), %s, %d threads", trained, len(streams), device, threads)
+        for group in streams.values():
+            _train_stream([member for _, member in group], device)
+            for m, member in group:
+                extra = {}
+                if member.metrics.status == "pruned":
+                    member.log.info("%s", member.reporter.reason)
+                    extra["pruned_reason"] = member.reporter.reason
+                title = " ".join(_overrides_of(m.output_dir, hydra_cfg, own)) or "defaults"
+                model = member.model if member.cfg.save_model else None
+                write_outputs(m.output_dir, member.metrics, model, title, extra)
+                member.log.info("trial %d\n%s", m.trial.number, table(member.metrics))
+                results[m.trial.number] = result(member.cfg, member.metrics)
+    finally:
+        for logger, handler in files:
+            logger.removeHandler(handler)
+            handler.close()
     return results
+
+
+def _train_stream(members: list[Any], device: Any) -> None:
+    """Members that share their batches: the stackable ones as networks over the same batches, the
+    others one after the other as single runs."""
+    from . import data, stacked
+    from .model import build
+    from .train import fit
+
+    first = members[0].cfg
+    splits = data.load(first.data, first.data_size, first.trainer.seed, device)
+    nets: dict[str, list[Any]] = {}
+    alone = []
+    for member in members:
+        key = stacked.network_key(member.cfg)
+        if key is None:
+            alone.append(member)
+        else:
+            nets.setdefault(key, []).append(member)
+    if nets:
+        together = [member for net in nets.values() for member in net]
+        stacked.fit_stream(together, splits, first.trainer, first.augment, list(nets.values()))
+    for member in alone:  # a model the stack does not batch: trained as a single run would be
+        c = member.cfg
+        _seed(init_seed(c))
+        member.model = build(splits.in_features, splits.n_classes, **c.model)
+        member.metrics = fit(member.model, splits, instantiate_optimizer(c), c.trainer, c.augment, member.on_epoch)
 
 
 def instantiate_optimizer(cfg: DictConfig) -> Any:
@@ -165,13 +184,15 @@ def _overrides_of(folder: Path, hydra_cfg: DictConfig, own: Path) -> list[str]:
     return list(OmegaConf.load(folder / ".hydra" / "overrides.yaml"))
 
 
-def _member_log(number: int, folder: Path, own: Path) -> logging.Logger:
-    """A member's epoch lines: in its own folder's mlp_sweep.log, and (tagged) in the job's log."""
-    member_log = logging.getLogger(f"mlp_sweep.epochs.trial{number}")
-    if folder != own and not member_log.handlers:
-        handler = logging.FileHandler(folder / "mlp_sweep.log")
+def _member_log(member: Any, own: Path, files: list) -> logging.Logger:
+    """A member's epoch lines: in its own folder's mlp_sweep.log, and (tagged) in the job's log.
+    The file handler is removed when the stack ends (a worker process may run later stacks)."""
+    member_log = logging.getLogger(f"mlp_sweep.epochs.trial{member.trial.number}")
+    if member.output_dir != own:
+        handler = logging.FileHandler(member.output_dir / "mlp_sweep.log")
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         member_log.addHandler(handler)
+        files.append((member_log, handler))
     return member_log
 
 

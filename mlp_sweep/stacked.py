@@ -171,7 +171,7 @@ class Stack:
         self.drops = any(p > 0 for p in self.dropout)
         self.smoothing = vec([float(m.cfg.trainer.label_smoothing) for m in ms])
         slopes = [SLOPES.get(str(m.cfg.model.activation), 0.0) for m in ms]
-        self.leaky = any(slopes)
+        self.one_slope = slopes[0] if len(set(slopes)) == 1 else None  # one kernel when all members agree
         self.unit_slope = vec([a for a, d in zip(slopes, first, strict=True) for _ in range(d)])
         self.slope = vec(slopes)[:, None, None]
         self.generators = [m.dropout_generator(dev) for m in ms]
@@ -214,7 +214,13 @@ class Stack:
 
     def _activate(self, h: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
         if self.activation in SLOPES:
-            return torch.where(h > 0, h, h * slope) if self.leaky else torch.relu(h)
+            if self.one_slope is not None:
+                return F.leaky_relu(h, self.one_slope) if self.one_slope else torch.relu(h)
+            # each member's slope: h times (1 where h > 0, else the slope), the factor being exactly
+            # LeakyReLU's derivative (held out of autograd, which would otherwise trace a costly where)
+            with torch.no_grad():
+                factor = torch.where(h > 0, 1.0, slope)
+            return h * factor
         if self.activation == "tanh":
             return torch.tanh(h)
         if self.activation == "sigmoid":

@@ -111,6 +111,7 @@ def test_what_cannot_be_stacked_is_named(cfg_of):
     assert stacked.stream_key(cfg_of("trainer.init_seed=1")) == stacked.stream_key(cfg_of())
 
 
+@pytest.mark.slow
 def test_a_stacked_sweep_writes_each_trial_what_a_single_run_writes(tmp_path):
     space = ("model.norm=choice(none,batch)", "model.hidden_size=int(interval(20,90))")  # batch norm: trained alone
     res = sweep(tmp_path, *FAST, "hydra.sweeper.stack=4", "hydra.sweeper.n_trials=6", *space)
@@ -130,3 +131,15 @@ def test_a_stacked_sweep_writes_each_trial_what_a_single_run_writes(tmp_path):
         weights = torch.load(folder / "model.pt")
         hidden = t.params.get("model.hidden_size", 200)
         assert weights["1.weight"].shape[0] == hidden  # its own width, not the stack's widest
+
+
+@pytest.mark.slow
+def test_a_staged_search_runs_in_stacks(tmp_path):
+    stages = "hydra.sweeper.stages=[{data_size:1k,n_trials:4,keep:0.5},{data_size:10k,n_trials:2}]"
+    res = sweep(tmp_path, "hparams_search=staged", "data=digits", "trainer.epochs=2", "hydra.sweeper.stack=4", stages)
+    assert res.returncode == 0, res.stderr
+    assert "trials 0, 1, 2, 3 train together (stack of 4)" in res.stdout
+    assert "trials 0, 1 train together (stack of 2)" in res.stdout  # the second stage's two
+    assert studies(tmp_path) == {"staged-digits-1k": 4, "staged-digits-10k": 2}
+    second = study(tmp_path, "staged-digits-10k").trials
+    assert all(t.state.is_finished() and t.state.name != "FAIL" for t in second)

@@ -38,6 +38,7 @@ def test_staged_search_narrows_queues_the_best_and_resumes(tmp_path):
     report = tmp_path / "outputs" / "sweeps" / "staged-digits"
     md = (report / "stages.md").read_text()
     assert "| 1k | staged-digits-1k | 6 |" in md and "| 10k | staged-digits-10k | 2 |" in md
+    assert md.splitlines()[2].count("val_acc") == 1  # the objective once, not again as a summary column
     assert (report / "stages.png").stat().st_size > 5000
     assert "# Staged search" in res.stdout
 

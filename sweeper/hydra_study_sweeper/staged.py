@@ -118,6 +118,7 @@ def report(rows: list[dict[str, Any]], out: Path, name: str, columns: list[str],
     """Each stage's best trial (its value and the summary columns) and the space it searched, as
     stages.md and (with matplotlib) stages.png; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
+    columns = [c for c in columns if c != name]  # the objective has its own column
     head = ["stage", "study", "complete trials", "best trial", name, *columns, "space searched"]
     lines = ["# Staged search", "", "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 3) + "---|"]
     for r in rows:
