@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import optuna
+from _sweep import timed_sweep
 
 from mlp_sweep.train import cores
 
@@ -36,13 +33,10 @@ SPACE = (  # the default preset's space, spelled out so that a space with traine
 
 
 def run(out: Path, name: str, jobs: int, trials: int, data: tuple[str, ...], epochs: str) -> dict:
-    storage = f"sqlite:///{out}/bench.db"
     threads = max(1, cores() // jobs)
-    command = [
-        sys.executable,
-        "-m",
-        "mlp_sweep",
-        "-m",
+    wall, study = timed_sweep(
+        out,
+        name,
         "hparams_search=random",
         *SPACE,
         "hydra/sweeper/pruner=none",  # every trial runs all its epochs: the same work for each K
@@ -54,16 +48,8 @@ def run(out: Path, name: str, jobs: int, trials: int, data: tuple[str, ...], epo
         f"hydra.launcher.n_jobs={jobs}",
         f"hydra.sweeper.n_jobs={jobs}",
         f"hydra.sweeper.n_trials={trials}",
-        f"hydra.sweeper.study_name={name}",
-        f"hydra.sweeper.storage={storage}",
-        f"hydra.sweep.dir={out}/{name}",
-        "hydra.sweeper.artifact_dir=null",
-        "save_model=false",
-    ]
-    t0 = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
-    done = optuna.load_study(study_name=name, storage=storage).trials
+    )
+    done = study.trials
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
     # batches of `jobs` consecutive trials, each waiting for its slowest: the places left idle
     batches = [durations[i : i + jobs] for i in range(0, len(durations), jobs)]

@@ -13,37 +13,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
+from _sweep import timed_sweep
 
 
 def run(out: Path, seed: int, pruner: str, trials: int, data: tuple[str, ...]) -> dict:
     name = f"bench-{pruner}-{seed}"
-    storage = f"sqlite:///{out}/bench.db"
-    command = [
-        sys.executable,
-        "-m",
-        "mlp_sweep",
-        "-m",
-        *data,
-        f"hydra/sweeper/pruner={pruner}",
-        f"hydra.sweeper.sampler.seed={seed}",
-        f"hydra.sweeper.n_trials={trials}",
-        f"hydra.sweeper.study_name={name}",
-        f"hydra.sweeper.storage={storage}",
-        f"hydra.sweep.dir={out}/{name}",
-        "hydra.sweeper.artifact_dir=null",
-        "save_model=false",
-    ]
-    t0 = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
-    study = optuna.load_study(study_name=name, storage=storage)
+    overrides = (*data, f"hydra/sweeper/pruner={pruner}", f"hydra.sweeper.sampler.seed={seed}")
+    wall, study = timed_sweep(out, name, *overrides, f"hydra.sweeper.n_trials={trials}")
     best = study.best_trial
     return {
         "seed": seed,

@@ -13,38 +13,18 @@ accuracy (and its trial's test accuracy); then the ratios of stacked to unstacke
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
+from _sweep import timed_sweep
 
 from mlp_sweep.train import cores
 
 
 def run(out: Path, name: str, stack: int, pruner: str, trials: int, data: tuple[str, ...]) -> dict:
-    storage = f"sqlite:///{out}/bench.db"
-    command = [
-        sys.executable,
-        "-m",
-        "mlp_sweep",
-        "-m",
-        *data,
-        f"hydra/sweeper/pruner={pruner}",
-        f"hydra.sweeper.stack={stack}",
-        f"hydra.sweeper.n_trials={trials}",
-        f"hydra.sweeper.study_name={name}",
-        f"hydra.sweeper.storage={storage}",
-        f"hydra.sweep.dir={out}/{name}",
-        "hydra.sweeper.artifact_dir=null",
-        "save_model=false",
-    ]
-    t0 = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
-    study = optuna.load_study(study_name=name, storage=storage)
+    overrides = (*data, f"hydra/sweeper/pruner={pruner}", f"hydra.sweeper.stack={stack}")
+    wall, study = timed_sweep(out, name, *overrides, f"hydra.sweeper.n_trials={trials}")
     best = study.best_trial
     return {
         "wall": wall,

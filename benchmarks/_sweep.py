@@ -1,0 +1,31 @@
+"""What the sweep benchmarks share: one sweep of the app in a subprocess, timed, and its study
+(SQLite in OUT, the job folders in OUT/NAME, no artifacts, no model files)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+
+def timed_sweep(out: Path, name: str, *overrides: str) -> tuple[float, optuna.Study]:
+    storage = f"sqlite:///{out}/bench.db"
+    command = [
+        sys.executable,
+        "-m",
+        "mlp_sweep",
+        "-m",
+        *overrides,
+        f"hydra.sweeper.study_name={name}",
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweep.dir={out}/{name}",
+        "hydra.sweeper.artifact_dir=null",
+        "save_model=false",
+    ]
+    t0 = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    return wall, optuna.load_study(study_name=name, storage=storage)
