@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         columns=",".join(s.summary_columns),
         formats=",".join(f"{k}={v}" for k, v in s.formats.items()),
         hook=s.summary_hook,
+        rerun_group=s.rerun_group,
+        rerun_dir=s.rerun_dir,
     )
 
 

@@ -1,4 +1,5 @@
 import json
+import shlex
 
 import pytest
 import torch
@@ -146,3 +147,23 @@ def test_size_beyond_the_data(tmp_path):
 def test_missing_data_offline(tmp_path):
     res = run_cli("data.download=false", cwd=tmp_path, env={"MLP_SWEEP_DATA_DIR": str(tmp_path / "none")})
     assert_user_error(res, "CIFAR-10 was not found", "data=digits")
+
+
+@pytest.mark.slow
+def test_the_best_trial_reruns_from_its_command_and_from_its_experiment_file(tmp_path):
+    from .sweeps import study, sweep
+
+    res = sweep(tmp_path, "data=digits", "trainer.epochs=2", "hydra.sweeper.n_trials=3")
+    assert res.returncode == 0, res.stderr
+    best = study(tmp_path, "tpe-digits-20k").best_value
+    md = (tmp_path / "outputs" / "sweeps" / "tpe-digits-20k" / "summary.md").read_text()
+    [line] = [s for s in md.splitlines() if s.startswith("Rerun as a single run: `")]
+    words = shlex.split(line.split("`")[1])
+    assert words[:3] == ["python", "-m", "mlp_sweep"] and "data=digits" in words
+    experiment = tmp_path / "outputs" / "configs" / "experiment" / "tpe-digits-20k-best.yaml"
+    assert experiment.is_file() and f"`python -m mlp_sweep experiment={experiment.stem}`" in md
+    for args in (words[3:], [f"experiment={experiment.stem}"]):
+        run = run_cli(*args, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        [shown] = [s for s in (run.stdout + run.stderr).splitlines() if s.strip().startswith("validation")]
+        assert f"{best:.2%}" in shown  # the same validation accuracy as the trial's

@@ -122,7 +122,14 @@ def test_a_stacked_sweep_writes_each_trial_what_a_single_run_writes(tmp_path):
     assert "train together (stack of 4)" in res.stdout
     for t in s.trials:
         folder = tmp_path / "outputs" / "sweeps" / s.study_name / str(t.number)
-        for name in ("metrics.json", "curves.png", "model.pt", "mlp_sweep.log", ".hydra/config.yaml"):
+        for name in (
+            "metrics.json",
+            "curves.png",
+            "model.pt",
+            "mlp_sweep.log",
+            ".hydra/config.yaml",
+            ".hydra/hydra.yaml",
+        ):
             assert (folder / name).is_file(), (t.number, name)
         metrics = json.loads((folder / "metrics.json").read_text())
         assert t.user_attrs["val_acc"] == pytest.approx(metrics["val_acc"], abs=1e-5)

@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m hydra_study_sweep
     study = load(args.parser, args.storage, args.study)
     names = study.metric_names or (metrics if len(metrics) == len(study.directions) else None)
     names = names or [f"value_{i}" for i in range(len(study.directions))]
-    layout = Layout(names, directions_of_study(study), columns, formats, args.hook)
+    from .rerun import COMMAND_ATTR
+
+    command = study.user_attrs.get(COMMAND_ATTR)
+    layout = Layout(
+        names, directions_of_study(study), columns, formats, args.hook, command, args.rerun_group, args.rerun_dir
+    )
     rows = rows_from_study(study, columns)
     out = args.out or study_dir(rows) or Path("outputs") / "sweeps" / study.study_name
     print(write(rows, out, layout, study=study))
@@ -57,6 +62,8 @@ def parse(argv: list[str] | None, prog: str, defaults: dict[str, Any]) -> argpar
     parser.add_argument("--columns", default="", help="user attributes shown as columns, comma-separated")
     parser.add_argument("--formats", default="", help="NAME=SPEC,... e.g. val_acc=.2%%")
     parser.add_argument("--hook", default=None, help="dotted path of the app's summary hook")
+    parser.add_argument("--rerun-group", default=None, help="config group of the best trials' config files")
+    parser.add_argument("--rerun-dir", default=None, help="where they go (a folder of the app's search path)")
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     args.parser = parser

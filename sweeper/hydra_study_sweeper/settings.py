@@ -56,6 +56,8 @@ class Settings:
     summary_columns: tuple[str, ...] = ()
     formats: dict[str, str] = field(default_factory=dict)
     summary_hook: str | None = None
+    rerun_group: str | None = None
+    rerun_dir: str | None = None
     stages: tuple[dict, ...] = ()
 
     @property

@@ -19,6 +19,7 @@ from . import space, staged
 from .errors import StorageFailure, UserError
 from .job import IN_PROCESS, STORAGE_ENV
 from .plan import Plan
+from .rerun import record_command
 from .settings import Settings
 from .storage import absolute, has_password, mask_overrides, masked
 
@@ -36,6 +37,7 @@ def open_study(settings: Settings, plan: Plan, config: DictConfig) -> optuna.Stu
             load_if_exists=True,
         )
         record(study, settings, plan, config)
+        record_command(study)
         for params in plan.queued:  # once per study: a trial with these params is not queued again
             study.enqueue_trial(params, skip_if_exists=True)
     except Exception as err:

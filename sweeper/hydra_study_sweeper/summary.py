@@ -31,6 +31,9 @@ class Layout:
     columns: list[str] = field(default_factory=list)
     formats: dict[str, str] = field(default_factory=dict)  # name -> format spec, e.g. ".2%"
     hook: str | None = None  # dotted path of hook(rows, ranked, out, layout) -> markdown to append
+    command: str | None = None  # how the app is started, for the best trials' rerun commands
+    rerun_group: str | None = None  # with rerun_dir: the best trials' config files, GROUP/NAME.yaml
+    rerun_dir: str | None = None
 
 
 def rows_from_study(study: Any, columns: list[str]) -> list[dict[str, Any]]:
@@ -108,7 +111,7 @@ def write(rows: list[dict[str, Any]], out: Path, layout: Layout, study: Any = No
     others = sorted((r for r in rows if r not in ranked), key=lambda r: r["number"])
     _write_csv(rows, out / "summary.csv", layout)
     title = title or (study.study_name if study is not None else f"{out.parent.name}/{out.name}")
-    md = _markdown(ranked, others, front, rows, layout, title)
+    md = _markdown(ranked, others, front, rows, layout, title, _reruns(ranked, front, layout, title))
     if layout.hook:
         md += get_method(layout.hook)(rows, ranked, out, layout) or ""
     written = plots.summary(rows, ranked, front, out, study, layout)
@@ -168,7 +171,32 @@ def _write_csv(rows: list[dict[str, Any]], path: Path, layout: Layout) -> None:
             )
 
 
-def _markdown(ranked: list, others: list, front: list, rows: list, layout: Layout, title: str) -> str:
+def _reruns(ranked: list, front: list, layout: Layout, title: str) -> dict[int, list[str]]:
+    """For the best trial (each Pareto trial): the command that reruns it as a single run and,
+    with rerun_group, the config file written for it and the command that selects it."""
+    from . import rerun
+
+    best = front if len(layout.names) > 1 else ranked[:1]
+    found: dict[int, list[str]] = {}
+    for r in best:
+        if not layout.command or not r["directory"]:
+            continue
+        lines = []
+        line = rerun.command(layout.command, r["directory"])
+        if line:
+            lines.append(f"Rerun as a single run: `{line}`")
+        if layout.rerun_group and layout.rerun_dir:
+            name = f"{title}-best" if len(layout.names) == 1 else f"{title}-trial{r['number']}"
+            path = rerun.write_config(r["directory"], layout.rerun_group, layout.rerun_dir, name)
+            if path is not None:
+                lines.append(f"or with its config file ({path}): `{layout.command} {layout.rerun_group}={name}`")
+        found[r["number"]] = lines
+    return found
+
+
+def _markdown(
+    ranked: list, others: list, front: list, rows: list, layout: Layout, title: str, reruns: dict[int, list[str]]
+) -> str:
     states: dict[str, int] = {}
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
@@ -194,11 +222,11 @@ def _markdown(ranked: list, others: list, front: list, rows: list, layout: Layou
             params,
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += _best(ranked, front, layout, multi)
+    lines += _best(ranked, front, layout, multi, reruns)
     return "\n".join(lines) + "\n"
 
 
-def _best(ranked: list, front: list, layout: Layout, multi: bool) -> list[str]:
+def _best(ranked: list, front: list, layout: Layout, multi: bool, reruns: dict[int, list[str]]) -> list[str]:
     def described(r: dict) -> str:
         columns = [(c, r["columns"].get(c)) for c in layout.columns if c not in layout.names]
         shown = [*zip(layout.names, r["values"], strict=True), *columns]
@@ -206,14 +234,18 @@ def _best(ranked: list, front: list, layout: Layout, multi: bool) -> list[str]:
 
     if multi and front:
         lines = ["", f"## Pareto front: {len(front)} trial(s)", ""]
-        return lines + [f"- trial {r['number']}: {described(r)} — `{r['directory']}`" for r in front]
+        for r in front:
+            lines.append(f"- trial {r['number']}: {described(r)} — `{r['directory']}`")
+            lines += [f"  - {line}" for line in reruns.get(r["number"], [])]
+        return lines
     if not ranked:
         return []
     b = ranked[0]
     lines = ["", f"## Best trial: {b['number']}", "", described(b), ""]
     if b["directory"]:
         lines += [f"Directory: `{b['directory']}`", ""]
-    return lines + ["Parameters: " + ", ".join(f"`{k}={fmt(k, v, {})}`" for k, v in b["params"].items())]
+    lines.append("Parameters: " + ", ".join(f"`{k}={fmt(k, v, {})}`" for k, v in b["params"].items()))
+    return lines + (["", *reruns[b["number"]]] if reruns.get(b["number"]) else [])
 
 
 def optimization_results(study: Any, sweep_dir: Path) -> dict[str, Any] | None:

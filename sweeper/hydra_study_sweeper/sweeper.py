@@ -105,6 +105,7 @@ class StudySweeper:
             del task["hydra"]
         OmegaConf.save(task, folder / "config.yaml")
         OmegaConf.save(composed.hydra.overrides.task, folder / "overrides.yaml")
+        OmegaConf.save(OmegaConf.create({"hydra": composed.hydra}), folder / "hydra.yaml")
 
     def open(self, p: plan.Plan) -> optuna.Study:
         from .study import open_study
@@ -140,7 +141,18 @@ class StudySweeper:
 
     def layout(self, study: optuna.Study) -> summary.Layout:
         s = self.settings
-        return summary.Layout(s.names, directions_of_study(study), list(s.summary_columns), s.formats, s.summary_hook)
+        from .rerun import COMMAND_ATTR
+
+        return summary.Layout(
+            s.names,
+            directions_of_study(study),
+            list(s.summary_columns),
+            s.formats,
+            s.summary_hook,
+            command=study.user_attrs.get(COMMAND_ATTR),
+            rerun_group=s.rerun_group,
+            rerun_dir=s.rerun_dir,
+        )
 
     def summarize(self, study: optuna.Study, p: plan.Plan) -> None:
         """optimization_results.yaml and the summary; a failure here is reported, never raised."""

@@ -1,13 +1,17 @@
 """The sweeper on a Hydra app of its own: single and multi-objective, bad returns,
 command-line intervals, integer bounds."""
 
+import shlex
+import subprocess
+import sys
+
 import optuna
 import pytest
 import yaml
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
-from .helpers import study, sweep
+from .helpers import SPHERE, study, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -105,3 +109,23 @@ def test_an_integer_interval_needs_integer_bounds(tmp_path, value):
     assert not (tmp_path / "sphere.db").exists() or not optuna.get_all_study_summaries(
         f"sqlite:///{tmp_path}/sphere.db"
     )
+
+
+def test_each_pareto_trial_gets_the_command_that_reruns_it(tmp_path):
+    res = sweep(tmp_path, "mode=pair", "hydra.sweeper.direction=[minimize,minimize]", "hydra.sweeper.n_trials=6")
+    assert res.returncode == 0, res.stderr
+    md = (tmp_path / "sweeps" / "sphere" / "summary.md").read_text()
+    commands = [line.split("`")[1] for line in md.splitlines() if "Rerun as a single run: `" in line]
+    front = study(tmp_path).best_trials
+    assert len(commands) == len(front) >= 1
+    wanted = {(f"x={t.params['x']!r}", f"y={t.params['y']!r}") for t in front}
+    found = set()
+    for line in commands:
+        words = shlex.split(line)
+        assert words[:2] == ["python", str(SPHERE)] and "mode=pair" in words
+        found.add((next(w for w in words if w.startswith("x=")), next(w for w in words if w.startswith("y="))))
+    assert found == wanted  # each Pareto trial's own parameters, exactly
+    words = [sys.executable, *shlex.split(commands[0])[1:]]  # `python` of this test's environment
+    run = subprocess.run(words, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr  # it runs as a single run of the app
+    assert "job of trial None" in run.stdout  # not a sweep's job

@@ -99,6 +99,10 @@ class StudySweeperConf(SweeperConf):
     summary_columns: list[str] = field(default_factory=list)
     formats: dict[str, str] = field(default_factory=dict)
     summary_hook: str | None = None
+    # the best trial (each Pareto trial) as a config file GROUP/NAME.yaml under rerun_dir, a folder of
+    # the app's config search path, so that `APP GROUP=NAME` reruns it (e.g. experiment, outputs/configs)
+    rerun_group: str | None = None
+    rerun_dir: str | None = None
     # a staged search: [{data_size: 1k, n_trials: 16, keep: 0.25}, ...]; each stage is a study of its
     # own whose space the previous stage's best `keep` share narrowed
     stages: list[Any] = field(default_factory=list)
