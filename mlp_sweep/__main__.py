@@ -71,15 +71,23 @@ def train_one(cfg: DictConfig) -> float | tuple[float, ...] | dict[int, Any]:
     reporter = job.reporter(objective, unit="epoch")  # the sweep's channel: None in a single run
     on_epoch = None if reporter is None else lambda epoch, row: reporter(epoch, row.get(objective))
     metrics = fit(model, splits, instantiate(cfg.optimizer), cfg.trainer, cfg.augment, on_epoch=on_epoch)
-    extra = {}
-    if metrics.status == "pruned":
-        logging.getLogger("mlp_sweep.epochs").info("%s", reporter.reason)
-        extra["pruned_reason"] = reporter.reason
+    extra = stopped(metrics, reporter, logging.getLogger("mlp_sweep.epochs"))
     title = " ".join(hydra_cfg.overrides.task) or "defaults"
     write_outputs(out, metrics, model if cfg.save_model else None, title, extra)
     log.info("%s", table(metrics))
     log.info("outputs in %s", out)
     return result(cfg, metrics)
+
+
+def stopped(metrics: Any, reporter: Any, epoch_log: logging.Logger) -> dict[str, str]:
+    """Why the sweep stopped a trial early, for its metrics.json: pruned, or past trial_timeout."""
+    if metrics.status != "pruned":
+        return {}
+    epoch_log.info("%s", reporter.reason)
+    if reporter.timed_out:
+        metrics.status = "timeout"
+        return {"timeout_reason": reporter.reason}
+    return {"pruned_reason": reporter.reason}
 
 
 def result(cfg: DictConfig, metrics: Any) -> float | tuple[float, ...]:
@@ -129,10 +137,7 @@ def train_stack(cfg: DictConfig, members: list[Any]) -> dict[int, Any]:
         for group in streams.values():
             _train_stream([member for _, member in group], device)
             for m, member in group:
-                extra = {}
-                if member.metrics.status == "pruned":
-                    member.log.info("%s", member.reporter.reason)
-                    extra["pruned_reason"] = member.reporter.reason
+                extra = stopped(member.metrics, member.reporter, member.log)
                 title = " ".join(_overrides_of(m.output_dir, hydra_cfg, own)) or "defaults"
                 model = member.model if member.cfg.save_model else None
                 write_outputs(m.output_dir, member.metrics, model, title, extra)

@@ -211,3 +211,16 @@ def test_a_conflicting_space_cannot_poison_a_study(tmp_path):
     assert studies(tmp_path) == {"s": 2}
     res = sweep(tmp_path, *named, "model.activation=choice(relu,tanh)")  # the right command still works
     assert res.returncode == 0 and "already has 2 of 2" in res.stdout + res.stderr
+
+
+def test_a_trial_past_trial_timeout_stops_and_says_so_in_its_metrics(tmp_path):
+    args = ("data=digits", "trainer.epochs=500", "trainer.patience=0", "hydra/sweeper/pruner=none")
+    res = sweep(tmp_path, *args, "hydra.sweeper.trial_timeout=3", "hydra.sweeper.n_trials=1")
+    [t] = study(tmp_path, "tpe-digits-20k").trials
+    assert t.state.name == "FAIL", res.stdout + res.stderr
+    assert t.user_attrs["fail_reason"].startswith("timeout: past hydra.sweeper.trial_timeout=3 s at epoch ")
+    metrics = json.loads((tmp_path / "outputs" / "sweeps" / "tpe-digits-20k" / "0" / "metrics.json").read_text())
+    assert metrics["status"] == "timeout" and metrics["timeout_reason"] == t.user_attrs["fail_reason"]
+    assert (
+        0 < metrics["epochs_run"] < 500 and t.user_attrs["last_value"] == t.intermediate_values[metrics["epochs_run"]]
+    )

@@ -15,6 +15,10 @@ may, from whatever process its launcher runs it in:
             break                        # the pruner said stop: the trial ends PRUNED
     return value
 
+With the sweeper's `trial_timeout`, a report made after that many seconds (counted from the
+reporter's start) returns False and the trial ends FAIL `timeout`, its last value kept as the user
+attribute `last_value` (`report.timed_out` says so to the task).
+
 `report(step, value) -> keep going?` records the value as the trial's intermediate value at that
 step and asks the study's pruner. Once it says stop, the trial is PRUNED whatever the task returns
 afterwards (raising `optuna.TrialPruned` does the same). `report.reason` says why, in one line.
@@ -55,6 +59,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +70,8 @@ TRIAL_ENV = "HYDRA_STUDY_SWEEPER_TRIAL"
 STUDY_ENV = "HYDRA_STUDY_SWEEPER_STUDY"
 STORAGE_ENV = "HYDRA_STUDY_SWEEPER_STORAGE"  # absolute storage URL; unset for an in-memory study
 PRUNER_ENV = "HYDRA_STUDY_SWEEPER_PRUNER"  # the pruner's config as JSON
+TIMEOUT_ENV = "HYDRA_STUDY_SWEEPER_TRIAL_TIMEOUT"  # trial_timeout in seconds, counted from the reporter's start
+TIMEOUT_ATTR = "timeout_reason"  # set on the trial by the reporter when the trial ran past trial_timeout
 STACK_ENV = "HYDRA_STUDY_SWEEPER_STACK"  # a stacked job's trial numbers, comma separated
 PRUNED_ATTR = "pruned_reason"  # set on the trial by the reporter when the pruner says stop
 IN_PROCESS: dict[str, Any] = {}  # in-memory studies, for jobs run in the sweeper's own process
@@ -147,9 +154,15 @@ class Reporter:
             self.study = IN_PROCESS[trial.study]
         self.trial = live_trial(self.study, trial.number)
         self.single = len(self.study.directions) == 1  # Optuna keeps intermediate values for one objective only
+        limit = os.environ.get(TIMEOUT_ENV)
+        self.limit = float(limit) if limit else None
+        self.started = time.monotonic()
+        self.timed_out = False
 
     def __call__(self, step: int, value: float | None = None) -> bool:
         raise_pending()
+        if self.limit is not None and time.monotonic() - self.started > self.limit:
+            return self._time_up(step, value)
         if not self.single or value is None:  # None: a step without a value, only for interrupts
             return True
         value = float(value)
@@ -159,6 +172,18 @@ class Reporter:
         self.reason = f"pruned by {type(self.study.pruner).__name__} at {self.unit} {step}: {self.name} {value:.4g}"
         self.reason += self._compared(step)
         self.trial.set_user_attr(PRUNED_ATTR, self.reason)
+        return False
+
+    def _time_up(self, step: int, value: float | None) -> bool:
+        """Past trial_timeout: stop, and make the trial FAIL `timeout` with its last value kept."""
+        self.timed_out = True
+        last = "" if value is None else f", {self.name} {float(value):.4g}"
+        self.reason = f"timeout: past hydra.sweeper.trial_timeout={self.limit:g} s at {self.unit} {step}{last}"
+        if value is not None and self.single:
+            self.trial.report(float(value), step)
+        if value is not None:
+            self.trial.set_user_attr("last_value", float(value))
+        self.trial.set_user_attr(TIMEOUT_ATTR, self.reason)
         return False
 
     def _compared(self, step: int) -> str:
@@ -180,10 +205,17 @@ class Reporter:
 
 
 def job_overrides(
-    study: str, number: int, storage: str | None, pruner: str | None, stack: list[int] | None = None
+    study: str,
+    number: int,
+    storage: str | None,
+    pruner: str | None,
+    stack: list[int] | None = None,
+    trial_timeout: float | None = None,
 ) -> tuple[str, ...]:
     """The Hydra overrides that hand a job its trial (`++`: adds the keys or replaces them)."""
     values = {STUDY_ENV: study, TRIAL_ENV: str(number), STORAGE_ENV: storage, PRUNER_ENV: pruner}
+    if trial_timeout:
+        values[TIMEOUT_ENV] = repr(float(trial_timeout))
     if stack:
         values[STACK_ENV] = ",".join(map(str, stack))
     return tuple(f"++hydra.job.env_set.{k}={_quoted(v)}" for k, v in values.items() if v is not None)

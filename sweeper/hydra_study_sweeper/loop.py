@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from . import outcome, recovery
 from .errors import StorageFailure, SweepExit, UserError
-from .job import PRUNED_ATTR, job_overrides
+from .job import PRUNED_ATTR, TIMEOUT_ATTR, job_overrides
 from .launching import Launches
 from .outcome import Outcome
 from .plan import Plan
@@ -68,6 +68,8 @@ class Run:
     stopping: bool = False  # too many failures: start nothing more
     scan: Scan | None = None  # None: look again before the next decision
     announced: bool = False  # the wait for other workers was said
+    began: float = field(default_factory=time.monotonic)
+    out_of_time: bool = False  # the sweep's timeout passed: start nothing more
 
     def forget(self, number: int) -> InFlight:
         flight = self.in_flight.pop(number)
@@ -85,12 +87,21 @@ def step(r: Run) -> bool:
     raise_pending()
     if r.scan is None:
         r.scan = scan(r)
-    if r.scan.todo > 0 and not r.stopping and len(r.jobs) < r.settings.n_jobs:
+    if r.settings.timeout and not r.out_of_time and time.monotonic() - r.began > r.settings.timeout:
+        r.out_of_time = True
+        log.info(
+            "time limit hydra.sweeper.timeout=%g s reached: no new trial starts%s",
+            r.settings.timeout,
+            f"; {len(r.in_flight)} running finish first" if r.in_flight else "",
+        )
+    if r.scan.todo > 0 and not r.stopping and not r.out_of_time and len(r.jobs) < r.settings.n_jobs:
         launch_next(r)
     elif r.in_flight:
         collect(r)
     elif r.stopping:
         raise too_many_failures(r)
+    elif r.out_of_time:
+        return False
     elif r.scan.others and r.plan.storage is not None:
         wait_for_others(r)
     else:
@@ -176,7 +187,7 @@ def member_job(r: Run, number: int, overrides: tuple[str, ...], stack: list[int]
     """The overrides of one trial's job (a stack's first member's are the stack's)."""
     return (
         *overrides,
-        *job_overrides(r.study.study_name, number, *job_channel(r.settings), stack),
+        *job_overrides(r.study.study_name, number, *job_channel(r.settings), stack, r.settings.trial_timeout),
         f"hydra.sweep.dir={r.plan.sweep_dir}",
         f"hydra.sweep.subdir={number}",
     )
@@ -227,8 +238,10 @@ def finish(r: Run, number: int, ret: Any) -> None:
     results = outcome.read_results(job_dir, r.settings.results_file)
     try:
         outcome.record(trial, results, r.settings.record, job_dir)
-        pruned = recovery.stored_user_attrs(r.study, trial).get(PRUNED_ATTR)
-        result = outcome.of_job(ret, results, len(r.settings.directions), pruned)
+        stored = recovery.stored_user_attrs(r.study, trial)
+        result = outcome.of_job(
+            ret, results, len(r.settings.directions), stored.get(PRUNED_ATTR), stored.get(TIMEOUT_ATTR)
+        )
         outcome.upload(trial, job_dir, r.settings.artifact_dir, r.settings.artifacts)
     except Exception as err:  # the storage or the file system failed around this one trial
         StorageFailure.raise_if_storage(err, r.settings.storage)

@@ -45,9 +45,13 @@ def tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> bool:
     return True
 
 
-def of_job(ret: Any, results: dict[str, Any], n_values: int, pruned: str | None) -> Outcome:
+def of_job(
+    ret: Any, results: dict[str, Any], n_values: int, pruned: str | None, timed_out: str | None = None
+) -> Outcome:
     """A job's outcome from its return (or the launcher's error), its results file and whether
-    its reporter was told to stop."""
+    its reporter was told to stop (by the pruner, or by trial_timeout)."""
+    if timed_out:
+        return Outcome.failed(timed_out)
     if isinstance(ret, BaseException):
         return Outcome.failed(f"{type(ret).__name__}: {ret}")
     try:

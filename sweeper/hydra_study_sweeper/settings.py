@@ -41,6 +41,8 @@ class Settings:
     params: Any
     heartbeat_interval: int = 10
     stack: int = 1
+    timeout: float | None = None
+    trial_timeout: float | None = None
     grace_period: int | None = None
     enqueue_trials: tuple[dict, ...] = ()
     metric_names: tuple[str, ...] | None = None
@@ -105,6 +107,10 @@ def check(s: Settings) -> None:
         bad.append(f"hydra.sweeper.n_jobs={s.n_jobs!r} is not allowed: use an integer >= 1")
     if not (isinstance(s.stack, int) and not isinstance(s.stack, bool) and s.stack >= 1):
         bad.append(f"hydra.sweeper.stack={s.stack!r} is not allowed: use an integer >= 1 (1 = one trial a job)")
+    for key in ("timeout", "trial_timeout"):
+        value = getattr(s, key)
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+            bad.append(f"hydra.sweeper.{key}={value!r} is not allowed: use seconds > 0, or null for no limit")
     rate = s.max_failure_rate
     if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate <= 1):
         bad.append(f"hydra.sweeper.max_failure_rate={rate!r} is not allowed: use a number in [0, 1]")

@@ -129,3 +129,35 @@ def test_each_pareto_trial_gets_the_command_that_reruns_it(tmp_path):
     run = subprocess.run(words, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr  # it runs as a single run of the app
     assert "job of trial None" in run.stdout  # not a sweep's job
+
+
+def test_a_trial_past_trial_timeout_fails_with_its_last_value_and_the_sweep_goes_on(tmp_path):
+    args = ("steps=60", "step_seconds=0.05", "hydra.sweeper.trial_timeout=1", "hydra.sweeper.max_failure_rate=1")
+    res = sweep(tmp_path, *args, "hydra.sweeper.n_trials=2")
+    trials = study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2, res.stdout + res.stderr
+    for t in trials:
+        reason = t.user_attrs["fail_reason"]
+        assert reason.startswith("timeout: past hydra.sweeper.trial_timeout=1 s at step "), reason
+        last = max(t.intermediate_values)
+        assert 10 < last < 60  # stopped on time, not at the end (60 steps take 3 s)
+        assert t.user_attrs["last_value"] == t.intermediate_values[last]
+
+
+def test_no_trial_starts_after_the_sweep_timeout_and_a_rerun_goes_on(tmp_path):
+    res = sweep(tmp_path, "seconds=0.5", "hydra.sweeper.timeout=2", "hydra.sweeper.n_trials=20")
+    assert res.returncode == 0, res.stderr
+    assert "time limit hydra.sweeper.timeout=2 s reached: no new trial starts" in res.stdout
+    trials = study(tmp_path).trials  # trial 0 takes 3 s (six times the others): nothing starts after it
+    assert [t.state for t in trials] == [TrialState.COMPLETE]
+    assert (tmp_path / "sweeps" / "sphere" / "summary.md").is_file()
+    res = sweep(tmp_path, "seconds=0.5", "hydra.sweeper.timeout=60", "hydra.sweeper.n_trials=3")
+    assert res.returncode == 0, res.stderr
+    assert [t.state for t in study(tmp_path).trials] == [TrialState.COMPLETE] * 3
+
+
+def test_bad_time_limits_are_refused(tmp_path):
+    res = sweep(tmp_path, "hydra.sweeper.timeout=0", "hydra.sweeper.trial_timeout=-3")
+    assert res.returncode == 2
+    assert "hydra.sweeper.timeout=0.0 is not allowed: use seconds > 0, or null for no limit" in res.stderr
+    assert "hydra.sweeper.trial_timeout=-3.0 is not allowed" in res.stderr

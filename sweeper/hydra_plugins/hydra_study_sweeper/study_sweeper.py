@@ -69,6 +69,10 @@ class StudySweeperConf(SweeperConf):
     # trials per job: up to `stack` trials handed to one job that trains them together (an app that
     # supports it: hydra_study_sweeper.job.stack()); 1 = one trial a job
     stack: int = 1
+    # time limits in seconds: no trial starts after `timeout` (those running finish, exit 0 with the
+    # summary); a trial whose job reports a step after `trial_timeout` is stopped, FAIL `timeout`
+    timeout: float | None = None
+    trial_timeout: float | None = None
     max_failure_rate: float = 0.5  # share of this run's trials allowed to fail before the sweep stops
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (RDB storages)
     grace_period: int | None = None  # seconds without a heartbeat before a trial is stale; None = 2 intervals
