@@ -172,9 +172,13 @@ def launch(r: Run, members: list[tuple[optuna.Trial, tuple[str, ...]]]) -> None:
             r.write_member(number, job)
     except Exception as err:  # a full disk, a file where a folder goes: these trials fail, the sweep goes on
         StorageFailure.raise_if_storage(err, r.settings.storage)
+        failed = Outcome.failed(f"cannot prepare the stack's folders: {err}")
         for trial, _ in members:
             r.forget(trial.number)
-            outcome.tell(r.study, trial, Outcome.failed(f"cannot prepare the stack's folders: {err}"))
+            r.told += 1
+            if outcome.tell(r.study, trial, failed):
+                say_outcome(r, trial, failed, 0.0)  # counted against max_failure_rate like any failure
+        r.stopping = r.stopping or len(r.failures) > r.allowed_failures
         r.scan = None
         return
     if stack:
