@@ -1,5 +1,5 @@
 """What the sweep benchmarks share: one sweep of the app in a subprocess, timed, and its study
-(SQLite in OUT, the job folders in OUT/NAME, no artifacts, no model files)."""
+(SQLite in OUT, the job folders in OUT/NAME, no artifacts, no model or experiment files)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def timed_sweep(out: Path, name: str, *overrides: str) -> tuple[float, optuna.St
         f"hydra.sweeper.storage={storage}",
         f"hydra.sweep.dir={out}/{name}",
         "hydra.sweeper.artifact_dir=null",
+        "hydra.sweeper.rerun_dir=null",  # no experiment files where the benchmark is started
         "save_model=false",
     ]
     t0 = time.perf_counter()
