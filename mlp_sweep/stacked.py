@@ -1,11 +1,11 @@
 """Stacked training: the members of a stack (trials of one sweep) trained together over shared batches.
 
 Members that share a depth, an activation family and an optimizer form one network: its first
-layer is one wide matrix product over the shared batch (in_features x K*H), later layers are
-batched products (K, H, H). Each member keeps its own learning rate, weight decay, dropout, label
-smoothing, initialization seed, leaky slope (ReLU is slope 0), epochs and patience; narrower
-members are padded to the widest with units whose weights are zero and stay zero (their gradients
-are masked). Members that need a different data stream (another data size, batch size, seed or
+layer is one wide matrix product over the shared batch (in_features x the sum of the members'
+widths, unpadded), later layers are batched products (K, H, H) over widths padded to the widest,
+the padded units held at exactly zero. Each member keeps its own learning rate, weight decay,
+dropout, label smoothing, initialization seed, leaky slope (ReLU is slope 0), width, epochs and
+patience. Members that need a different data stream (another data size, batch size, seed or
 augmentation) train after each other; those whose model this module does not stack (batch or
 layer norm, a weight average, bf16, an unknown optimizer) train alone with `train.fit`.
 
