@@ -32,10 +32,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .augment import Batcher, Mixer
 from .data import Splits
 from .model import build
-from .train import Metrics, _autocast, _schedule, evaluate
+from .train import EVAL_BATCH, Metrics, _autocast, _schedule, data_stream, measure, say_epoch
 
 log = logging.getLogger(__name__)
 
@@ -246,60 +245,10 @@ class Stack:
         eps = self.smoothing[:, None]
         return ((1 - eps) * nll + eps * smooth).mean(-1)
 
-    def _slices(self, tensors: list[torch.Tensor], position: int) -> list[torch.Tensor]:
+    def slices(self, tensors: list[torch.Tensor], position: int) -> list[torch.Tensor]:
         lo, hi = self.rows[position]
         n = len(self.weights)
         return [t[lo:hi] if i % n == 0 else t[position] for i, t in enumerate(tensors)]
-
-    # -- the optimizer: torch's own Adam / AdamW / SGD, called once per member on its slices
-    @torch.no_grad()
-    def step(self, lr_factor: float) -> None:
-        from torch.optim.adam import adam
-        from torch.optim.sgd import sgd
-
-        params, o = self.params, self.optimizer
-        grads = [p.grad for p in params]
-        for k, m in enumerate(self.members):
-            mine, their_grads = self._slices(params, k), self._slices(grads, k)
-            lr = float(m.cfg.optimizer.lr) * lr_factor
-            wd = float(m.cfg.optimizer.get("weight_decay", 0.0) or 0.0)
-            if self.kind == "SGD":
-                momentum = float(o.get("momentum", 0.0) or 0.0)
-                sgd(
-                    mine,
-                    their_grads,
-                    self._slices(self.moments[0], k) if momentum else [None] * len(mine),
-                    foreach=o.get("foreach"),
-                    fused=o.get("fused"),
-                    weight_decay=wd,
-                    momentum=momentum,
-                    lr=lr,
-                    dampening=float(o.get("dampening", 0.0) or 0.0),
-                    nesterov=bool(o.get("nesterov", False)),
-                    maximize=False,
-                )
-                continue
-            b1, b2 = o.get("betas", (0.9, 0.999))
-            adam(
-                mine,
-                their_grads,
-                self._slices(self.moments[0], k),
-                self._slices(self.moments[1], k),
-                [],
-                self.steps[k],
-                foreach=o.get("foreach"),
-                fused=o.get("fused"),
-                decoupled_weight_decay=self.kind == "AdamW",
-                amsgrad=False,
-                beta1=float(b1),
-                beta2=float(b2),
-                lr=lr,
-                weight_decay=wd,
-                eps=float(o.get("eps", 1e-8)),
-                maximize=False,
-            )
-        for p in params:
-            p.grad = None
 
     # -- members leaving
     def keep(self, alive: list[int]) -> None:
@@ -344,6 +293,58 @@ class Stack:
         return out
 
 
+@torch.no_grad()
+def optimizer_step(s: Stack, lr_factor: float) -> None:
+    """torch's own Adam / AdamW / SGD, called once per member on its slices of the stack's tensors,
+    with the member's own lr (times the schedule's factor) and weight decay."""
+    from torch.optim.adam import adam
+    from torch.optim.sgd import sgd
+
+    params, o = s.params, s.optimizer
+    grads = [p.grad for p in params]
+    for k, m in enumerate(s.members):
+        mine, their_grads = s.slices(params, k), s.slices(grads, k)
+        lr = float(m.cfg.optimizer.lr) * lr_factor
+        wd = float(m.cfg.optimizer.get("weight_decay", 0.0) or 0.0)
+        if s.kind == "SGD":
+            momentum = float(o.get("momentum", 0.0) or 0.0)
+            sgd(
+                mine,
+                their_grads,
+                s.slices(s.moments[0], k) if momentum else [None] * len(mine),
+                foreach=o.get("foreach"),
+                fused=o.get("fused"),
+                weight_decay=wd,
+                momentum=momentum,
+                lr=lr,
+                dampening=float(o.get("dampening", 0.0) or 0.0),
+                nesterov=bool(o.get("nesterov", False)),
+                maximize=False,
+            )
+            continue
+        b1, b2 = o.get("betas", (0.9, 0.999))
+        adam(
+            mine,
+            their_grads,
+            s.slices(s.moments[0], k),
+            s.slices(s.moments[1], k),
+            [],
+            s.steps[k],
+            foreach=o.get("foreach"),
+            fused=o.get("fused"),
+            decoupled_weight_decay=s.kind == "AdamW",
+            amsgrad=False,
+            beta1=float(b1),
+            beta2=float(b2),
+            lr=lr,
+            weight_decay=wd,
+            eps=float(o.get("eps", 1e-8)),
+            maximize=False,
+        )
+    for p in params:
+        p.grad = None
+
+
 def fit_stream(
     members: list[Member], splits: Splits, trainer: Any, augmentation: Any, stacks: list[list[Member]]
 ) -> None:
@@ -353,10 +354,7 @@ def fit_stream(
     device = splits.x_train.device
     n = len(splits.y_train)
     steps_per_epoch = math.ceil(n / trainer.batch_size)
-    g = torch.Generator(device=device).manual_seed(int(trainer.seed))
-    options = dict(augmentation)
-    mixer = Mixer(options.pop("mixup", 0.0), options.pop("cutmix", 0.0), splits.n_classes, int(trainer.seed))
-    batch = Batcher(splits.x_train, mean=splits.mean, std=splits.std, max_value=splits.max_value, **options)
+    g, batch, mixer = data_stream(splits, trainer, augmentation)  # the same draws as a single run's
     factor = _lr_factors(trainer, steps_per_epoch)
     nets = [Stack(group, splits.in_features, splits.n_classes, device) for group in stacks]
     for m in members:
@@ -380,7 +378,7 @@ def fit_stream(
                 logits = s.forward(xb, train=True)
                 losses = s.losses(logits, target)
                 losses.sum().backward()
-                s.step(lr_factor)
+                optimizer_step(s, lr_factor)
                 loss_sum += losses.detach() * len(idx)
                 right += (logits.detach().argmax(-1) == yb).sum(-1)
             step += 1
@@ -388,7 +386,7 @@ def fit_stream(
         for s, loss_sum, right in zip(nets, sums, correct, strict=True):
             _end_epoch(s, epoch, loss_sum / n, right.float() / n, splits, seconds, n)
     for m in members:
-        m.metrics = _final(m, splits, trainer, time.perf_counter() - start, n)
+        m.metrics = _final(m, splits, start)
 
 
 def _lr_factors(trainer: Any, steps_per_epoch: int) -> Callable[[int], float]:
@@ -403,8 +401,6 @@ def _lr_factors(trainer: Any, steps_per_epoch: int) -> Callable[[int], float]:
 @torch.no_grad()
 def _evaluate(s: Stack, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each member's mean cross-entropy and accuracy on (x, y), as train.evaluate measures them."""
-    from .train import EVAL_BATCH
-
     k = len(s.members)
     loss = torch.zeros(k, device=x.device)
     right = torch.zeros(k, device=x.device, dtype=torch.int64)
@@ -445,18 +441,7 @@ def _end_epoch(
         improved = row["val_acc"] > m.best_acc
         if improved:
             m.best_acc, m.best_epoch, m.best = row["val_acc"], epoch, s.member_weights(i)
-        m.log.info(
-            "epoch %3d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%%s  %8s img/s (network of %d)",
-            epoch,
-            t.epochs,
-            loss,
-            100 * row["train_acc"],
-            row["val_loss"],
-            100 * row["val_acc"],
-            " *" if improved else "  ",
-            f"{row['images_per_second']:,.0f}",
-            len(s.members),
-        )
+        say_epoch(m.log, row, int(t.epochs), improved, f" (network of {len(s.members)})")
         if m.on_epoch is not None and not m.on_epoch(epoch, row):
             m.status = "pruned"
             continue
@@ -469,7 +454,7 @@ def _end_epoch(
     s.keep(alive)
 
 
-def _final(m: Member, splits: Splits, trainer: Any, seconds: float, n: int) -> Metrics:
+def _final(m: Member, splits: Splits, start: float) -> Metrics:
     """The member's best epoch restored into its own nn.Sequential, measured as a single run is."""
     model = m.alone(splits.in_features, splits.n_classes).to(splits.x_train.device)
     if m.best is not None:
@@ -480,30 +465,6 @@ def _final(m: Member, splits: Splits, trainer: Any, seconds: float, n: int) -> M
                 linear.bias.copy_(m.best[2 * j + 1])
     m.model = model
     autocast = _autocast(splits.x_train.device, "fp32")
-    val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, autocast)
-    t = m.cfg.trainer
-    tta = {}
-    if t.get("tta"):
-        tta = {
-            "val_acc_tta": evaluate(model, splits.x_val, splits.y_val, autocast, flips=True)[1],
-            "test_acc_tta": evaluate(model, splits.x_test, splits.y_test, autocast, flips=True)[1],
-        }
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    epochs_run = len(m.history) + (m.status == "diverged")
-    return Metrics(
-        train_acc=evaluate(model, splits.x_train, splits.y_train, autocast)[1],
-        val_acc=val_acc,
-        test_acc=evaluate(model, splits.x_test, splits.y_test, autocast)[1],
-        val_loss=val_loss,
-        best_epoch=m.best_epoch,
-        epochs_run=epochs_run,
-        epochs_planned=int(t.epochs),
-        status=m.status,
-        seconds=seconds,
-        images_per_second=m.images_seen / m.train_seconds if m.train_seconds else 0.0,
-        params=params,
-        train_images=n,
-        train_tflop=6 * params * n * epochs_run / 1e12,
-        history=m.history,
-        **tta,
+    return measure(
+        model, splits, m.cfg.trainer, autocast, m.history, m.status, m.best_epoch, start, m.images_seen, m.train_seconds
     )

@@ -87,11 +87,8 @@ def fit(
     n = len(splits.y_train)
     steps_per_epoch = math.ceil(n / trainer.batch_size)
     schedule = _schedule(optimizer, trainer, steps_per_epoch)
-    g = torch.Generator(device=device).manual_seed(int(trainer.seed))
     autocast = _autocast(device, trainer.precision)
-    options = dict(augmentation)
-    mixer = Mixer(options.pop("mixup", 0.0), options.pop("cutmix", 0.0), splits.n_classes, int(trainer.seed))
-    batch = Batcher(splits.x_train, mean=splits.mean, std=splits.std, max_value=splits.max_value, **options)
+    g, batch, mixer = data_stream(splits, trainer, augmentation)
     ema = Averaged(model, float(trainer.ema)) if trainer.get("ema") is not None else None
     judged = ema.model if ema else model  # what is validated, kept as the best epoch and saved
 
@@ -99,27 +96,9 @@ def fit(
     status, history, train_seconds, images_seen = "ok", [], 0.0, 0
     for epoch in range(1, int(trainer.epochs) + 1):
         t0 = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        order = torch.randperm(n, device=device, generator=g)
-        for i in range(0, n, trainer.batch_size):
-            idx = order[i : i + trainer.batch_size]
-            xb, yb = batch(idx, g), splits.y_train[idx]
-            xb, target = mixer(xb, yb, g) if mixer.on else (xb, yb)
-            with autocast:
-                logits = model(xb)
-                loss = F.cross_entropy(logits.float(), target, label_smoothing=trainer.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-            if ema is not None:
-                ema.update(model)
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == yb).sum()
-        train_loss = loss_sum.item() / n
+        train_loss, train_acc = _train_epoch(
+            model, optimizer, schedule, ema, batch, mixer, splits, trainer, autocast, g
+        )
         epoch_train_seconds = time.perf_counter() - t0
         train_seconds += epoch_train_seconds
         images_seen += n
@@ -131,7 +110,7 @@ def fit(
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
-            "train_acc": correct.item() / n,
+            "train_acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
             "seconds": time.perf_counter() - t0,
@@ -141,17 +120,7 @@ def fit(
         improved = val_acc > best_acc
         if improved:
             best_acc, best_epoch, best_state = val_acc, epoch, _snapshot(judged)
-        epoch_log.info(
-            "epoch %3d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%%s  %8s img/s",
-            epoch,
-            trainer.epochs,
-            train_loss,
-            100 * row["train_acc"],
-            val_loss,
-            100 * val_acc,
-            " *" if improved else "  ",
-            f"{row['images_per_second']:,.0f}",
-        )
+        say_epoch(epoch_log, row, int(trainer.epochs), improved)
         if on_epoch is not None and not on_epoch(epoch, row):
             status = "pruned"
             break
@@ -160,9 +129,89 @@ def fit(
             break
 
     model.load_state_dict(best_state)  # with trainer.ema, the averaged weights
+    return measure(model, splits, trainer, autocast, history, status, best_epoch, start, images_seen, train_seconds)
+
+
+def data_stream(splits: Splits, trainer: Any, augmentation: Any) -> tuple[torch.Generator, Batcher, Mixer]:
+    """What draws the training batches: the generator seeded by trainer.seed (batch order and
+    augmentation), the batcher (augmentation) and the mixer (mixup, cutmix)."""
+    g = torch.Generator(device=splits.x_train.device).manual_seed(int(trainer.seed))
+    options = dict(augmentation)
+    mixer = Mixer(options.pop("mixup", 0.0), options.pop("cutmix", 0.0), splits.n_classes, int(trainer.seed))
+    batch = Batcher(splits.x_train, mean=splits.mean, std=splits.std, max_value=splits.max_value, **options)
+    return g, batch, mixer
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    ema: Averaged | None,
+    batch: Batcher,
+    mixer: Mixer,
+    splits: Splits,
+    trainer: Any,
+    autocast: Any,
+    g: torch.Generator,
+) -> tuple[float, float]:
+    """One pass over the training split in seeded order; its mean loss and accuracy."""
+    device, n = splits.x_train.device, len(splits.y_train)
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    order = torch.randperm(n, device=device, generator=g)
+    for i in range(0, n, trainer.batch_size):
+        idx = order[i : i + trainer.batch_size]
+        xb, yb = batch(idx, g), splits.y_train[idx]
+        xb, target = mixer(xb, yb, g) if mixer.on else (xb, yb)
+        with autocast:
+            logits = model(xb)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=trainer.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        if ema is not None:
+            ema.update(model)
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.argmax(1) == yb).sum()
+    return loss_sum.item() / n, correct.item() / n
+
+
+def say_epoch(logger: logging.Logger, row: dict[str, float], epochs: int, improved: bool, note: str = "") -> None:
+    """The epoch's one line (a sweep keeps it in the trial's log file)."""
+    logger.info(
+        "epoch %3d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%%s  %8s img/s%s",
+        row["epoch"],
+        epochs,
+        row["train_loss"],
+        100 * row["train_acc"],
+        row["val_loss"],
+        100 * row["val_acc"],
+        " *" if improved else "  ",
+        f"{row['images_per_second']:,.0f}",
+        note,
+    )
+
+
+def measure(
+    model: nn.Module,
+    splits: Splits,
+    trainer: Any,
+    autocast: Any,
+    history: list[dict[str, float]],
+    status: str,
+    best_epoch: int,
+    start: float,
+    images_seen: int,
+    train_seconds: float,
+) -> Metrics:
+    """A trained model's figures (its best epoch already restored): accuracy on each split, with
+    flipped images too under trainer.tta, and the training budget it took."""
     val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, autocast)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    epochs_run = len(history) + (status == "diverged")
+    n, epochs_run = len(splits.y_train), len(history) + (status == "diverged")
     tta = {}
     if trainer.get("tta"):
         tta = {
