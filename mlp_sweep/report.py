@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         hook=s.summary_hook,
         rerun_group=s.rerun_group,
         rerun_dir=s.rerun_dir,
+        rerun_skip=",".join(s.rerun_skip),
     )
 
 

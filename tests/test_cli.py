@@ -162,6 +162,7 @@ def test_the_best_trial_reruns_from_its_command_and_from_its_experiment_file(tmp
     assert words[:3] == ["python", "-m", "mlp_sweep"] and "data=digits" in words
     experiment = tmp_path / "outputs" / "configs" / "experiment" / "tpe-digits-20k-best.yaml"
     assert experiment.is_file() and f"`python -m mlp_sweep experiment={experiment.stem}`" in md
+    assert "hparams_search" not in experiment.read_text()  # rerun_skip: a single run selects no preset
     for args in (words[3:], [f"experiment={experiment.stem}"]):
         run = run_cli(*args, cwd=tmp_path)
         assert run.returncode == 0, run.stderr

@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m hydra_study_sweep
     from .rerun import COMMAND_ATTR
 
     command = study.user_attrs.get(COMMAND_ATTR)
+    skip = tuple(g for g in args.rerun_skip.split(",") if g)
     layout = Layout(
-        names, directions_of_study(study), columns, formats, args.hook, command, args.rerun_group, args.rerun_dir
+        names, directions_of_study(study), columns, formats, args.hook, command, args.rerun_group, args.rerun_dir, skip
     )
     rows = rows_from_study(study, columns)
     out = args.out or study_dir(rows) or Path("outputs") / "sweeps" / study.study_name
@@ -64,6 +65,7 @@ def parse(argv: list[str] | None, prog: str, defaults: dict[str, Any]) -> argpar
     parser.add_argument("--hook", default=None, help="dotted path of the app's summary hook")
     parser.add_argument("--rerun-group", default=None, help="config group of the best trials' config files")
     parser.add_argument("--rerun-dir", default=None, help="where they go (a folder of the app's search path)")
+    parser.add_argument("--rerun-skip", default="", help="config groups they do not select again, comma-separated")
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     args.parser = parser

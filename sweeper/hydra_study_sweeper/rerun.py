@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 COMMAND_ATTR = "app_command"  # study user attribute: how the app is started (python -m PKG / python FILE)
-NOT_CHOICES = ("hydra", "hparams_search")  # groups an app's rerun config does not select again
 
 
 def launch_command(argv0: str | None = None) -> str:
@@ -42,16 +41,17 @@ def command(app: str, directory: str | Path) -> str | None:
     return None if overrides is None else " ".join([app, *map(shlex.quote, overrides)])
 
 
-def config_text(directory: str | Path, group: str) -> str | None:
-    """A `# @package _global_` config of GROUP that selects the trial's config group choices and
-    sets every value of its config: selected with GROUP=NAME, it composes the trial's config."""
+def config_text(directory: str | Path, group: str, skip: tuple[str, ...] = ()) -> str | None:
+    """A `# @package _global_` config of GROUP that selects the trial's config group choices (not
+    Hydra's own, nor those in `skip`, such as the app's group of sweep presets) and sets every value
+    of its config: selected with GROUP=NAME, it composes the trial's config."""
     from omegaconf import OmegaConf
 
     folder = Path(directory) / ".hydra"
     if not (folder / "config.yaml").is_file() or not (folder / "hydra.yaml").is_file():
         return None
     choices = OmegaConf.load(folder / "hydra.yaml").hydra.runtime.choices
-    skip = (*NOT_CHOICES, group)
+    skip = ("hydra", group, *skip)
     defaults = [
         {f"override /{k}": v}
         for k, v in choices.items()
@@ -61,8 +61,10 @@ def config_text(directory: str | Path, group: str) -> str | None:
     return f"# @package _global_\n# trial {Path(directory).name} of a sweep, as it ran: {directory}\n{body}"
 
 
-def write_config(directory: str | Path, group: str, where: str | Path, name: str) -> Path | None:
-    text = config_text(directory, group)
+def write_config(
+    directory: str | Path, group: str, where: str | Path, name: str, skip: tuple[str, ...] = ()
+) -> Path | None:
+    text = config_text(directory, group, skip)
     if text is None:
         return None
     path = Path(where) / group / f"{name}.yaml"

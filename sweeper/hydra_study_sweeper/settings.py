@@ -60,6 +60,7 @@ class Settings:
     summary_hook: str | None = None
     rerun_group: str | None = None
     rerun_dir: str | None = None
+    rerun_skip: tuple[str, ...] = ()
     stages: tuple[dict, ...] = ()
 
     @property
@@ -85,7 +86,7 @@ def parse(raw: dict[str, Any]) -> Settings:
     values = {k: plain(v) for k, v in raw.items() if k not in ("sampler", "pruner", "params")}
     directions = directions_of(values.pop("direction"))
     metric_names = tuple(str(n) for n in as_list(values.pop("metric_names", None))) or None
-    tuples = ("identity_ignore", "artifacts", "record", "context", "summary_columns", "stages")
+    tuples = ("identity_ignore", "artifacts", "record", "context", "summary_columns", "stages", "rerun_skip")
     settings = Settings(
         sampler=raw.get("sampler"),
         pruner=raw.get("pruner"),

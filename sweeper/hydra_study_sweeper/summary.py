@@ -34,6 +34,7 @@ class Layout:
     command: str | None = None  # how the app is started, for the best trials' rerun commands
     rerun_group: str | None = None  # with rerun_dir: the best trials' config files, GROUP/NAME.yaml
     rerun_dir: str | None = None
+    rerun_skip: tuple[str, ...] = ()  # config groups the config files do not select again
 
 
 def rows_from_study(study: Any, columns: list[str]) -> list[dict[str, Any]]:
@@ -187,7 +188,7 @@ def _reruns(ranked: list, front: list, layout: Layout, title: str) -> dict[int, 
             lines.append(f"Rerun as a single run: `{line}`")
         if layout.rerun_group and layout.rerun_dir:
             name = f"{title}-best" if len(layout.names) == 1 else f"{title}-trial{r['number']}"
-            path = rerun.write_config(r["directory"], layout.rerun_group, layout.rerun_dir, name)
+            path = rerun.write_config(r["directory"], layout.rerun_group, layout.rerun_dir, name, layout.rerun_skip)
             if path is not None:
                 lines.append(f"or with its config file ({path}): `{layout.command} {layout.rerun_group}={name}`")
         found[r["number"]] = lines

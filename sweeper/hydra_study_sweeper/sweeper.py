@@ -152,6 +152,7 @@ class StudySweeper:
             command=study.user_attrs.get(COMMAND_ATTR),
             rerun_group=s.rerun_group,
             rerun_dir=s.rerun_dir,
+            rerun_skip=s.rerun_skip,
         )
 
     def summarize(self, study: optuna.Study, p: plan.Plan) -> None:

@@ -107,6 +107,7 @@ class StudySweeperConf(SweeperConf):
     # the app's config search path, so that `APP GROUP=NAME` reruns it (e.g. experiment, outputs/configs)
     rerun_group: str | None = None
     rerun_dir: str | None = None
+    rerun_skip: list[str] = field(default_factory=list)  # groups they do not select again (sweep presets)
     # a staged search: [{data_size: 1k, n_trials: 16, keep: 0.25}, ...]; each stage is a study of its
     # own whose space the previous stage's best `keep` share narrowed
     stages: list[Any] = field(default_factory=list)
