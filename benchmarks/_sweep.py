@@ -27,6 +27,8 @@ def timed_sweep(out: Path, name: str, *overrides: str) -> tuple[float, optuna.St
         "save_model=false",
     ]
     t0 = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:  # the sweep's own error, not a bare CalledProcessError
+        sys.exit(f"the sweep {' '.join(command[2:])} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     wall = time.perf_counter() - t0
     return wall, optuna.load_study(study_name=name, storage=storage)

@@ -73,6 +73,7 @@ PRUNER_ENV = "HYDRA_STUDY_SWEEPER_PRUNER"  # the pruner's config as JSON
 TIMEOUT_ENV = "HYDRA_STUDY_SWEEPER_TRIAL_TIMEOUT"  # trial_timeout in seconds, counted from the reporter's start
 TIMEOUT_ATTR = "timeout_reason"  # set on the trial by the reporter when the trial ran past trial_timeout
 STACK_ENV = "HYDRA_STUDY_SWEEPER_STACK"  # a stacked job's trial numbers, comma separated
+PRUNER_TARGETS = ("optuna.pruners.*", "hydra_study_sweeper.pruners.*")  # what a pruner config may name
 PRUNED_ATTR = "pruned_reason"  # set on the trial by the reporter when the pruner says stop
 IN_PROCESS: dict[str, Any] = {}  # in-memory studies, for jobs run in the sweeper's own process
 
@@ -169,7 +170,11 @@ class Reporter:
         self.trial.report(value, step)
         if not self.trial.should_prune():
             return True
-        self.reason = f"pruned by {type(self.study.pruner).__name__} at {self.unit} {step}: {self.name} {value:.4g}"
+        from .pruners import inner
+
+        self.reason = (
+            f"pruned by {type(inner(self.study.pruner)).__name__} at {self.unit} {step}: {self.name} {value:.4g}"
+        )
         self.reason += self._compared(step)
         self.trial.set_user_attr(PRUNED_ATTR, self.reason)
         return False
@@ -190,7 +195,9 @@ class Reporter:
         """What the pruner compared with, in its own terms."""
         import optuna
 
-        pruner = self.study.pruner
+        from .pruners import inner, reached
+
+        pruner = inner(self.study.pruner)
         if isinstance(pruner, (optuna.pruners.MedianPruner, optuna.pruners.PercentilePruner)):
             done = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             others = [t.intermediate_values[step] for t in done if step in t.intermediate_values]
@@ -200,7 +207,11 @@ class Reporter:
             middle = statistics.median(others)
             return f"; {what} pruner, {len(others)} completed trial(s) at this {self.unit}, their median {middle:.4g}"
         if isinstance(pruner, (optuna.pruners.SuccessiveHalvingPruner, optuna.pruners.HyperbandPruner)):
-            return f"; not among the best of the trials that reached this rung ({self.unit} {step})"
+            n = reached(self.study, step, self.trial.number)
+            share = (
+                f"the best 1/{pruner._reduction_factor} of " if hasattr(pruner, "_reduction_factor") else "the best of "
+            )
+            return f"; not in {share}the {n + 1} trials that reached this rung ({self.unit} {step})"
         return ""
 
 
@@ -218,10 +229,10 @@ def job_overrides(
         values[TIMEOUT_ENV] = repr(float(trial_timeout))
     if stack:
         values[STACK_ENV] = ",".join(map(str, stack))
-    return tuple(f"++hydra.job.env_set.{k}={_quoted(v)}" for k, v in values.items() if v is not None)
+    return tuple(f"++hydra.job.env_set.{k}={quoted(v)}" for k, v in values.items() if v is not None)
 
 
-def _quoted(value: str) -> str:
+def quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -229,4 +240,4 @@ def _pruner(config: str | None) -> Any:
     from hydra.utils import instantiate
 
     cfg = json.loads(config or '{"_target_": "optuna.pruners.NopPruner"}')
-    return instantiate(cfg, _execution_whitelist_=("optuna.pruners.*",))
+    return instantiate(cfg, _execution_whitelist_=PRUNER_TARGETS)

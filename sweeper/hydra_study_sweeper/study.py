@@ -17,7 +17,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from . import space, staged
 from .errors import StorageFailure, UserError
-from .job import IN_PROCESS, STORAGE_ENV
+from .job import IN_PROCESS, PRUNER_TARGETS, STORAGE_ENV
 from .plan import Plan
 from .rerun import record_command
 from .settings import Settings
@@ -98,7 +98,7 @@ def pruner(settings: Settings) -> Any:
     if settings.pruner is None:
         return optuna.pruners.NopPruner()
     try:
-        return instantiate(settings.pruner, _execution_whitelist_=("optuna.pruners.*",))
+        return instantiate(settings.pruner, _execution_whitelist_=PRUNER_TARGETS)
     except Exception as err:
         raise UserError(f"hydra.sweeper.pruner: {err}") from None
 
