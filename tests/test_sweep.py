@@ -7,6 +7,7 @@ import sys
 import optuna
 import pytest
 import yaml
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from .conftest import write_archive
@@ -224,3 +225,36 @@ def test_a_trial_past_trial_timeout_stops_and_says_so_in_its_metrics(tmp_path):
     assert (
         0 < metrics["epochs_run"] < 500 and t.user_attrs["last_value"] == t.intermediate_values[metrics["epochs_run"]]
     )
+
+
+def test_optimizers_preset_searches_each_optimizers_own_settings_only_in_its_trials(tmp_path):
+    res = sweep(tmp_path, *FAST, "hparams_search=optimizers", "hydra.sweeper.n_trials=6")
+    assert res.returncode == 0, res.stderr
+    trials = study(tmp_path, "optimizers-digits-20k").trials
+    assert {t.params["optimizer"] for t in trials} >= {"sgd"} and len({t.params["optimizer"] for t in trials}) > 1
+    for t in trials:
+        config = OmegaConf.load(
+            tmp_path / "outputs" / "sweeps" / "optimizers-digits-20k" / str(t.number) / ".hydra" / "config.yaml"
+        )
+        assert ("optimizer.momentum" in t.params) == (t.params["optimizer"] == "sgd")
+        assert ("model.dropout" in t.params) == (t.params["model.norm"] != "batch")
+        if t.params["optimizer"] == "sgd":
+            assert config.optimizer.momentum == t.params["optimizer.momentum"]
+        else:
+            assert "momentum" not in config.optimizer  # Adam's config never got the key
+        if t.params["model.norm"] == "batch":
+            assert config.model.dropout == 0.0  # the config's own value
+
+
+def test_a_conditional_key_is_checked_in_the_config_its_condition_selects(tmp_path):
+    preset = tmp_path / "conf" / "hparams_search"
+    preset.mkdir(parents=True)
+    (preset / "typo.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - tpe\nhydra:\n  sweeper:\n    params:\n"
+        "      optimizer: choice(adam, sgd)\n      optimizer.momentun: interval(0.5, 0.9)\n"
+        "    conditions:\n      optimizer.momentun: optimizer=sgd\n"
+    )
+    res = sweep(tmp_path, *FAST, "--config-dir", str(tmp_path / "conf"), "hparams_search=typo")
+    assert res.returncode == 2
+    assert "optimizer.momentun: not a key of the config where optimizer=sgd" in res.stderr
+    assert studies(tmp_path) == {}

@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 
 from . import outcome, recovery
 from .errors import StorageFailure, SweepExit, UserError
-from .job import PRUNED_ATTR, TIMEOUT_ATTR, job_overrides
+from .gpus import VISIBLE_ENV, Slots
+from .job import PRUNED_ATTR, TIMEOUT_ATTR, job_overrides, quoted
 from .launching import Launches
 from .outcome import Outcome
 from .plan import Plan
@@ -70,6 +71,12 @@ class Run:
     announced: bool = False  # the wait for other workers was said
     began: float = field(default_factory=time.monotonic)
     out_of_time: bool = False  # the sweep's timeout passed: start nothing more
+    slots: Slots = field(default_factory=lambda: Slots([]))  # GPU slots of the jobs side by side
+
+    @property
+    def capacity(self) -> int:
+        """Jobs running at once: n_jobs, or fewer where there are fewer GPU slots."""
+        return min(self.settings.n_jobs, len(self.slots)) if len(self.slots) else self.settings.n_jobs
 
     def forget(self, number: int) -> InFlight:
         flight = self.in_flight.pop(number)
@@ -94,7 +101,7 @@ def step(r: Run) -> bool:
             r.settings.timeout,
             f"; {len(r.in_flight)} running finish first" if r.in_flight else "",
         )
-    if r.scan.todo > 0 and not r.stopping and not r.out_of_time and len(r.jobs) < r.settings.n_jobs:
+    if r.scan.todo > 0 and not r.stopping and not r.out_of_time and len(r.jobs) < r.capacity:
         launch_next(r)
     elif r.in_flight:
         collect(r)
@@ -184,6 +191,10 @@ def launch(r: Run, members: list[tuple[optuna.Trial, tuple[str, ...]]]) -> None:
     if stack:
         log.info("trials %s train together (stack of %d)", ", ".join(map(str, numbers)), len(numbers))
     r.jobs[numbers[0]] = numbers
+    gpu = r.slots.take(numbers[0])
+    if gpu is not None:
+        log.info("trial%s %s on GPU %s", "s" if stack else "", ", ".join(map(str, numbers)), gpu)
+        jobs[0] = (*jobs[0], f"++hydra.job.env_set.{VISIBLE_ENV}={quoted(gpu)}")
     r.launches.start(numbers[0], jobs[0])
 
 
@@ -223,6 +234,7 @@ def collect(r: Run) -> None:
     ended = r.launches.wait(timeout=1.0)
     for first, ret in ended:
         numbers = r.jobs.pop(first)
+        r.slots.free(first)
         parts = {first: ret} if r.settings.stack == 1 else outcome.of_stack(ret, numbers)
         for number in numbers:
             finish(r, number, parts[number])

@@ -13,7 +13,7 @@ import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from . import space, staged, stock
+from . import gpus, space, staged, stock
 from .errors import UserError
 from .launching import runs_elsewhere
 from .settings import Settings
@@ -32,6 +32,7 @@ class Plan:
     queued: tuple[dict, ...]  # parameter sets to run first, once per study
     widened: dict[str, str]  # ranges widened on purpose (allow_widening), for the study's record
     stage: staged.Stage | None = None
+    gpu_slots: tuple[str, ...] = ()  # each job slot's GPU; () = jobs get no GPU of their own
 
 
 @dataclass
@@ -48,13 +49,14 @@ class Inputs:
 
 def make(inp: Inputs, arguments: list[str], stage: staged.Stage | None = None, kept: Any = None) -> Plan:
     s = inp.settings
-    sp = space.parse(inp.trial_configurator.preset_lines(), arguments)
+    sp = space.parse(inp.trial_configurator.preset_lines(), arguments, s.conditions)
     config, queue = inp.config, list(s.enqueue_trials)
     if stage is not None:
         sp, config = staged.stage_space(sp, stage, kept, arguments, inp.loader, inp.config)
         queue = queue if kept is None else [dict(t.params) for t in kept]
     check = instantiate({"_target_": s.config_check, "_partial_": True}) if s.config_check else None
-    space.check_values(sp, config, inp.loader.get_group_options, check)
+    compose = lambda overrides: inp.loader.load_sweep_config(config, overrides)  # noqa: E731
+    space.check_values(sp, config, inp.loader.get_group_options, check, compose)
     queued = [] if sp.adhoc else space.check_enqueued(queue, sp)
     identity = space.identity(config, sp, list(s.directions), s.metric_names, list(s.identity_ignore))
     name = study_name(inp, sp, identity, stage)
@@ -80,6 +82,7 @@ def make(inp: Inputs, arguments: list[str], stage: staged.Stage | None = None, k
         queued=tuple(queued),
         widened=widened,
         stage=stage,
+        gpu_slots=tuple(gpus.slots(s.gpus, s.trials_per_gpu, s.n_jobs, inp.launcher)),
     )
 
 
@@ -98,6 +101,11 @@ def grid_of(sp: space.Space, sampler_cfg: Any) -> dict[str, list] | None:
     if sp.grid is not None:
         return sp.grid
     if sampler_cfg is not None and str(sampler_cfg.get("_target_", "")).endswith("GridSampler"):
+        if sp.conditions:
+            raise UserError(
+                "conditional parameters (hydra.sweeper.conditions) cannot be walked by the grid sampler, which "
+                "runs every combination of every parameter: use hydra/sweeper/sampler=tpe or random"
+            )
         return {k: stock.grid_choices(d) for k, d in sp.distributions.items()}
     return None
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from . import gpus
 from .errors import UserError
 
 
@@ -41,10 +42,13 @@ class Settings:
     params: Any
     heartbeat_interval: int = 10
     stack: int = 1
+    gpus: Any = "auto"
+    trials_per_gpu: int | None = None
     timeout: float | None = None
     trial_timeout: float | None = None
     grace_period: int | None = None
     enqueue_trials: tuple[dict, ...] = ()
+    conditions: dict[str, Any] = field(default_factory=dict)
     metric_names: tuple[str, ...] | None = None
     config_check: str | None = None
     identity_ignore: tuple[str, ...] = ()
@@ -75,6 +79,16 @@ class Settings:
         return None if self.pruner is None else json.dumps(plain(self.pruner))
 
 
+def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping with dotted keys ({optimizer: {momentum: x}}, as `+a.b=x` on the command line
+    makes it) as one level: {optimizer.momentum: x}."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        flat.update(dotted(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return flat
+
+
 def directions_of(direction: Any) -> tuple[str, ...]:
     """`direction` as the stock plugin takes it (a name, an enum, or a list of them), in lower case."""
     items = as_list(direction) if not hasattr(direction, "name") else [direction]
@@ -94,6 +108,7 @@ def parse(raw: dict[str, Any]) -> Settings:
         directions=directions,
         metric_names=metric_names,
         enqueue_trials=tuple(dict(p) for p in as_list(values.pop("enqueue_trials", ()))),
+        conditions=dotted(values.pop("conditions", None) or {}),
         formats={str(k): str(v) for k, v in (values.pop("formats", None) or {}).items()},
         **{k: tuple(as_list(v)) if k in tuples else v for k, v in values.items()},
     )
@@ -106,6 +121,7 @@ def check(s: Settings) -> None:
         bad.append(f"hydra.sweeper.n_trials={s.n_trials!r} is not allowed: use an integer >= 1")
     if not (isinstance(s.n_jobs, int) and s.n_jobs >= 1):
         bad.append(f"hydra.sweeper.n_jobs={s.n_jobs!r} is not allowed: use an integer >= 1")
+    bad += gpus.check(s.gpus, s.trials_per_gpu)
     if not (isinstance(s.stack, int) and not isinstance(s.stack, bool) and s.stack >= 1):
         bad.append(f"hydra.sweeper.stack={s.stack!r} is not allowed: use an integer >= 1 (1 = one trial a job)")
     for key in ("timeout", "trial_timeout"):

@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -25,7 +25,7 @@ from optuna.distributions import (
     check_distribution_compatibility,
 )
 
-from . import stock
+from . import conditions, stock
 from .errors import UserError
 from .settings import as_list
 
@@ -40,6 +40,7 @@ class Space:
     fixed_overrides: tuple[str, ...]  # deletions (~key)
     adhoc: bool  # swept on the command line: replaces the preset's params
     grid: dict[str, list] | None  # an ad-hoc sweep of explicit value lists only: its full grid
+    conditions: dict[str, tuple] = field(default_factory=dict)  # parameter -> when it exists (conditions.py)
 
     def digest(self) -> str:
         text = json.dumps({k: repr(v) for k, v in sorted(self.distributions.items())})
@@ -61,9 +62,10 @@ class Identity:
         return {f"{FIXED_PREFIX}{k}": v for k, v in self.fixed.items()}
 
 
-def parse(preset: list[str], arguments: list[str]) -> Space:
-    """The search space from the preset's params and the command line. Sweeps on the command line
-    replace the preset's params (what you type is what varies, as in Hydra's multirun)."""
+def parse(preset: list[str], arguments: list[str], when: Any = None) -> Space:
+    """The search space from the preset's params and the command line, with the conditions `when`
+    of the parameters that exist only sometimes. Sweeps on the command line replace the preset's
+    params (what you type is what varies, as in Hydra's multirun)."""
     parsed_args = parse_overrides(arguments, "command line")
     adhoc = any(o.is_sweep_override() for o in parsed_args)
     lines = arguments if adhoc else [*preset, *arguments]
@@ -87,7 +89,14 @@ def parse(preset: list[str], arguments: list[str]) -> Space:
     grid = None
     if adhoc and explicit:  # value lists only: the full grid, as Hydra's basic sweeper would run
         grid = {k: stock.grid_choices(d) for k, d in space.items()}
-    return Space(space, fixed, tuple(deletions), adhoc, grid)
+    kept = {k: v for k, v in (when or {}).items() if k in space or not adhoc}  # an ad-hoc space has its own keys
+    found = conditions.parse(kept, space, fixed)
+    if found and grid is not None:
+        raise UserError(
+            "conditional parameters (hydra.sweeper.conditions) cannot be walked as a grid, which runs every "
+            "combination: sweep a range (interval(...)) or use another sampler"
+        )
+    return Space(space, fixed, tuple(deletions), adhoc, grid, found)
 
 
 def _check_int_interval(line: str, override: Any) -> None:
@@ -111,10 +120,15 @@ def _check_int_interval(line: str, override: Any) -> None:
 
 
 def check_values(
-    space: Space, config: DictConfig, group_options: Callable[[str], list[str]], config_check: Any = None
+    space: Space,
+    config: DictConfig,
+    group_options: Callable[[str], list[str]],
+    config_check: Any = None,
+    compose: Callable[[list[str]], DictConfig] | None = None,
 ) -> None:
     """Every key exists, every group option exists, and (with the app's config_check) every choice
-    and range end passes the app's own config checks."""
+    and range end passes the app's own config checks. A conditional parameter is checked in the
+    config its conditions select (`optimizer.momentum` where `optimizer=sgd`: `compose` builds it)."""
     found: list[str] = []
     task = OmegaConf.create({k: v for k, v in OmegaConf.to_container(config).items() if k != "hydra"})
     groups = dict(config.hydra.runtime.choices)
@@ -134,6 +148,14 @@ def check_values(
             continue
         if name.startswith("+"):
             continue
+        where = _where(name, space, groups, group_options)
+        if where:
+            picked = {w.split("=", 1)[0] for w in where}
+            fixed = [f"{k}={v}" for k, v in space.fixed.items() if k not in picked]  # as a job gets them
+            task_of = _task(compose([*fixed, *where])) if compose else task
+            if OmegaConf.select(task_of, key, default=_ABSENT) is _ABSENT:
+                found.append(f"{key}: not a key of the config where {' '.join(where)} (see the app's --cfg job)")
+            continue  # its values are checked in the job's config, where its conditions hold
         if OmegaConf.select(task, key, default=_ABSENT) is _ABSENT:
             found.append(f"{key}: not a key of the config (see the app's --cfg job)")
             continue
@@ -145,6 +167,27 @@ def check_values(
             found += [f"in the search space, {p}" for p in config_check(trial_cfg) if p.startswith(f"{key}=")]
     if found:
         raise UserError("invalid search space, nothing was run:\n  " + "\n  ".join(dict.fromkeys(found)))
+
+
+def _task(config: DictConfig) -> DictConfig:
+    return OmegaConf.create({k: v for k, v in OmegaConf.to_container(config).items() if k != "hydra"})
+
+
+def _where(name: str, space: Space, groups: dict, group_options: Callable) -> list[str]:
+    """The config group choices under which a conditional parameter exists (one value satisfying
+    each of its conditions on a group); [] when it names no group."""
+    picks = []
+    for cond in space.conditions.get(name, ()):
+        if cond.key not in groups:
+            continue
+        dist = space.distributions.get(cond.key)
+        options = (
+            [str(c) for c in dist.choices] if isinstance(dist, CategoricalDistribution) else group_options(cond.key)
+        )
+        fitting = [o for o in options if (o in cond.values) != cond.negated]
+        if fitting:
+            picks.append(f"{cond.key}={fitting[0]}")
+    return picks
 
 
 def _typed(value: Any) -> Any:

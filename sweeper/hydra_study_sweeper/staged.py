@@ -9,6 +9,7 @@ their parameters are queued first.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,7 @@ def stage_space(
     """A stage's space (narrowed by the previous stage's kept trials) and the config that defines
     its study: the stage's overrides go to every trial."""
     dists = sp.distributions if kept is None else narrow(sp.distributions, kept)
-    staged_space = Space(dists, {**sp.fixed, **stage.overrides}, sp.fixed_overrides, sp.adhoc, None)
+    staged_space = dataclasses.replace(sp, distributions=dists, fixed={**sp.fixed, **stage.overrides}, grid=None)
     parsed = parse_overrides(arguments, "command line")
     overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
     overrides += [f"{k}={v}" for k, v in stage.overrides.items()]

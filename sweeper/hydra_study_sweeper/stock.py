@@ -46,8 +46,9 @@ class TrialConfigurator:
         return self._impl._parse_sweeper_params_config()
 
     def overrides(self, trial: Any, space: Any, config: Any) -> tuple[str, ...]:
+        from .conditions import active
+
         self._impl.config = config  # what custom_search_space is called with
-        [overrides] = self._impl._configure_trials(
-            [trial], space.distributions, space.fixed, list(space.fixed_overrides)
-        )
+        distributions = active(trial, space.distributions, space.fixed, space.conditions)
+        [overrides] = self._impl._configure_trials([trial], distributions, space.fixed, list(space.fixed_overrides))
         return tuple(overrides)

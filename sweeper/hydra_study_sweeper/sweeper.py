@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from . import cleanup, loop, plan, settings, staged, stock, summary
 from .errors import StorageFailure, SweepExit
+from .gpus import Slots, say_slots
 from .launching import Launches
 from .recovery import Heartbeat
 from .signals import exit_code, interrupting
@@ -73,7 +74,10 @@ class StudySweeper:
             configure=lambda trial: self.configurator.overrides(trial, p.space, self.config),
             allowed_failures=loop.allowed_failures(s, p, study),
             write_member=lambda number, job: self.write_member(p, number, job),
+            slots=Slots(list(p.gpu_slots)),
         )
+        if p.gpu_slots:
+            say_slots(p.gpu_slots, s.n_jobs)
         try:
             with interrupting():
                 try:

@@ -69,6 +69,11 @@ class StudySweeperConf(SweeperConf):
     # trials per job: up to `stack` trials handed to one job that trains them together (an app that
     # supports it: hydra_study_sweeper.job.stack()); 1 = one trial a job
     stack: int = 1
+    # GPUs handed to jobs side by side in local processes (joblib, submitit_local), one slot each as
+    # CUDA_VISIBLE_DEVICES: auto = the GPUs this machine shows; null = none; or a list, e.g. [0, 1].
+    # trials_per_gpu: jobs sharing one GPU (null: n_jobs spread evenly over the GPUs)
+    gpus: Any = "auto"
+    trials_per_gpu: int | None = None
     # time limits in seconds: no trial starts after `timeout` (those running finish, exit 0 with the
     # summary); a trial whose job reports a step after `trial_timeout` is stopped, FAIL `timeout`
     timeout: float | None = None
@@ -76,6 +81,10 @@ class StudySweeperConf(SweeperConf):
     max_failure_rate: float = 0.5  # share of this run's trials allowed to fail before the sweep stops
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (RDB storages)
     grace_period: int | None = None  # seconds without a heartbeat before a trial is stale; None = 2 intervals
+    # parameters that exist only when others take certain values: {optimizer.momentum: optimizer=sgd,
+    # model.dropout: model.norm!=batch}; a list must all hold (hydra_study_sweeper.conditions). On the
+    # command line: '+hydra.sweeper.conditions.optimizer.momentum="optimizer=sgd"'
+    conditions: dict[str, Any] = field(default_factory=dict)
     # parameter sets to try first (each once per study), e.g. a known good recipe: [{optimizer.lr: 1e-3, ...}]
     enqueue_trials: list[dict[str, Any]] = field(default_factory=list)
     # names of the values the task returns, one per direction (shown in logs, summaries, the dashboard)

@@ -42,7 +42,8 @@ def one(cfg: DictConfig, trial=None, report=None, out=None):
         out = out or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
         status = "diverged" if cfg.mode == "diverge_first" and number == 0 else "ok"
         with open(os.path.join(out, "results.json"), "w") as f:
-            json.dump({"status": status, "loss": value, "distance": math.sqrt(value)}, f)
+            gpu = os.environ.get("CUDA_VISIBLE_DEVICES")  # what the sweeper handed this job
+            json.dump({"status": status, "loss": value, "distance": math.sqrt(value), "gpu": gpu}, f)
     if cfg.mode == "pair":  # two objectives pulling apart
         return value, (cfg.x - 2) ** 2 + (cfg.y - 1) ** 2
     if cfg.mode == "nan_first" and number == 0:
