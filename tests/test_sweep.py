@@ -258,3 +258,16 @@ def test_a_conditional_key_is_checked_in_the_config_its_condition_selects(tmp_pa
     assert res.returncode == 2
     assert "optimizer.momentun: not a key of the config where optimizer=sgd" in res.stderr
     assert studies(tmp_path) == {}
+
+
+def test_repeats_run_each_trial_with_several_seeds_and_take_their_mean(tmp_path):
+    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2", "hydra.sweeper.repeats=2", "hydra/sweeper/pruner=none")
+    assert res.returncode == 0, res.stderr
+    for t in study(tmp_path, "tpe-digits-20k").trials:
+        folder = tmp_path / "outputs" / "sweeps" / "tpe-digits-20k" / str(t.number)
+        accs = [json.loads((folder / f"seed-{s}" / "metrics.json").read_text())["val_acc"] for s in (0, 1)]
+        assert t.value == pytest.approx(sum(accs) / 2)
+        assert t.user_attrs["val_acc_seeds"] == pytest.approx(accs)
+        config = [yaml.safe_load((folder / f"seed-{s}" / ".hydra" / "config.yaml").read_text()) for s in (0, 1)]
+        assert [c["trainer"]["seed"] for c in config] == [0, 1]
+    assert "(mean ± std over seeds 0, 1)" in res.stdout

@@ -32,6 +32,10 @@ The sweeper hands a job its trial through environment variables it sets with Hyd
 `hydra.job.env_set` (a storage URL with a password through the sweeper's own environment instead,
 so that it is never written to a job's files): a task needs no config keys of the sweeper's.
 
+With the sweeper's `repeats: N` (and `seed_key`), each trial runs as N jobs, one per seed, each
+with its own folder; only the first seed's reporter records values and asks the pruner, the
+others' return False once the trial is pruned. Nothing changes for the task.
+
 With the sweeper's `stack: K` setting (K > 1), one job trains up to K trials together, for an app
 that can (many small models as one batched network):
 
@@ -72,6 +76,7 @@ STORAGE_ENV = "HYDRA_STUDY_SWEEPER_STORAGE"  # absolute storage URL; unset for a
 PRUNER_ENV = "HYDRA_STUDY_SWEEPER_PRUNER"  # the pruner's config as JSON
 TIMEOUT_ENV = "HYDRA_STUDY_SWEEPER_TRIAL_TIMEOUT"  # trial_timeout in seconds, counted from the reporter's start
 TIMEOUT_ATTR = "timeout_reason"  # set on the trial by the reporter when the trial ran past trial_timeout
+REPEAT_ENV = "HYDRA_STUDY_SWEEPER_REPEAT"  # "K/N": the job runs seed K (from 0) of its trial's N (repeats)
 STACK_ENV = "HYDRA_STUDY_SWEEPER_STACK"  # a stacked job's trial numbers, comma separated
 PRUNER_TARGETS = ("optuna.pruners.*", "hydra_study_sweeper.pruners.*")  # what a pruner config may name
 PRUNED_ATTR = "pruned_reason"  # set on the trial by the reporter when the pruner says stop
@@ -159,11 +164,15 @@ class Reporter:
         self.limit = float(limit) if limit else None
         self.started = time.monotonic()
         self.timed_out = False
+        # a repeated trial's later seeds: the first seed's job reports and is judged; these follow it
+        self.follower = not os.environ.get(REPEAT_ENV, "0/1").startswith("0/")
 
     def __call__(self, step: int, value: float | None = None) -> bool:
         raise_pending()
         if self.limit is not None and time.monotonic() - self.started > self.limit:
             return self._time_up(step, value)
+        if self.follower:
+            return self._follow()
         if not self.single or value is None:  # None: a step without a value, only for interrupts
             return True
         value = float(value)
@@ -178,6 +187,15 @@ class Reporter:
         self.reason += self._compared(step)
         self.trial.set_user_attr(PRUNED_ATTR, self.reason)
         return False
+
+    def _follow(self) -> bool:
+        """A later seed goes on until its trial is pruned (on its first seed)."""
+        from .recovery import stored_user_attrs
+
+        pruned = stored_user_attrs(self.study, self.trial).get(PRUNED_ATTR)
+        if pruned:
+            self.reason = f"its trial was pruned on its first seed ({pruned})"
+        return not pruned
 
     def _time_up(self, step: int, value: float | None) -> bool:
         """Past trial_timeout: stop, and make the trial FAIL `timeout` with its last value kept."""

@@ -50,16 +50,17 @@ class Launches:
                 with contextlib.suppress(ValueError, TypeError):
                     signal.signal(s, handler)
 
-    def start(self, number: int, job: tuple[str, ...]) -> None:
-        """Launch one trial's job; its return comes out of wait()."""
+    def start(self, key: Any, job: tuple[str, ...], number: int) -> None:
+        """Launch one job (`key` tells it apart, `number` is its first trial's); its return comes out
+        of wait() with its key."""
         if not self.ready:
             self._prepare()
-        self.running.add(number)
+        self.running.add(key)
         if not self.threaded:
-            self.ended.put((number, self._launch(number, job)))
+            self.ended.put((key, self._launch(number, job)))
             return
         thread = threading.Thread(
-            target=lambda: self.ended.put((number, self._launch(number, job))), name=f"trial-{number}", daemon=True
+            target=lambda: self.ended.put((key, self._launch(number, job))), name=f"trial-{key}", daemon=True
         )
         thread.start()
 
@@ -83,8 +84,8 @@ class Launches:
                 ended.append(self.ended.get_nowait())
         except queue.Empty:
             pass
-        for number, _ in ended:
-            self.running.discard(number)
+        for key, _ in ended:
+            self.running.discard(key)
         return ended
 
     def abandon(self) -> None:
@@ -98,6 +99,15 @@ class Launches:
             executor = reusable_executor._executor
             if executor is not None:
                 executor.shutdown(wait=False, kill_workers=True)
+
+
+def worker_processes(launcher: Any) -> int | None:
+    """How many jobs joblib's launcher runs at once (its n_jobs, -1 = one per core); None for others."""
+    if type(launcher).__name__ != "JoblibLauncher":
+        return None
+    from joblib import effective_n_jobs
+
+    return effective_n_jobs(int(launcher.joblib.get("n_jobs", -1) or -1))
 
 
 def ray_init_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -14,15 +14,16 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from . import outcome, recovery
+from . import outcome, recovery, repeats
 from .errors import StorageFailure, SweepExit, UserError
 from .gpus import VISIBLE_ENV, Slots
-from .job import PRUNED_ATTR, TIMEOUT_ATTR, job_overrides, quoted
+from .job import PRUNED_ATTR, REPEAT_ENV, TIMEOUT_ATTR, job_overrides, quoted
 from .launching import Launches
 from .outcome import Outcome
 from .plan import Plan
@@ -63,7 +64,10 @@ class Run:
     allowed_failures: int
     write_member: Any = None  # (trial number, its job's overrides) -> its folder's .hydra files (stacks)
     in_flight: dict[int, InFlight] = field(default_factory=dict)
-    jobs: dict[int, list[int]] = field(default_factory=dict)  # running job (its first trial) -> its trials
+    # running job -> its trials; a job's key is its first trial's number, or (trial, seed index) with repeats
+    jobs: dict[Any, list[int]] = field(default_factory=dict)
+    waiting: list[tuple[Any, tuple[str, ...]]] = field(default_factory=list)  # made, not started (seeds)
+    seeds_ended: dict[int, dict[int, Any]] = field(default_factory=dict)  # repeated trial -> seed index -> return
     failures: list[str] = field(default_factory=list)
     told: int = 0  # trials of this run that ended
     stopping: bool = False  # too many failures: start nothing more
@@ -101,7 +105,9 @@ def step(r: Run) -> bool:
             r.settings.timeout,
             f"; {len(r.in_flight)} running finish first" if r.in_flight else "",
         )
-    if r.scan.todo > 0 and not r.stopping and not r.out_of_time and len(r.jobs) < r.capacity:
+    if r.waiting and len(r.jobs) < r.capacity:
+        start_job(r, *r.waiting.pop(0))
+    elif r.scan.todo > 0 and not r.stopping and not r.out_of_time and len(r.jobs) < r.capacity:
         launch_next(r)
     elif r.in_flight:
         collect(r)
@@ -190,12 +196,37 @@ def launch(r: Run, members: list[tuple[optuna.Trial, tuple[str, ...]]]) -> None:
         return
     if stack:
         log.info("trials %s train together (stack of %d)", ", ".join(map(str, numbers)), len(numbers))
-    r.jobs[numbers[0]] = numbers
-    gpu = r.slots.take(numbers[0])
+    if r.plan.seeds:  # one job per seed, started as places free up
+        [(trial, overrides)] = members
+        r.seeds_ended[trial.number] = {}
+        r.waiting += [((trial.number, k), seed_job(r, trial.number, overrides, k)) for k in range(len(r.plan.seeds))]
+        return
+    start_job(r, numbers[0], jobs[0], numbers)
+
+
+def start_job(r: Run, key: Any, job: tuple[str, ...], numbers: list[int] | None = None) -> None:
+    """Launch a job made by launch(); a waiting seed's job is its trial's alone."""
+    numbers = numbers or [key[0]]
+    r.jobs[key] = numbers
+    gpu = r.slots.take(key)
     if gpu is not None:
-        log.info("trial%s %s on GPU %s", "s" if stack else "", ", ".join(map(str, numbers)), gpu)
-        jobs[0] = (*jobs[0], f"++hydra.job.env_set.{VISIBLE_ENV}={quoted(gpu)}")
-    r.launches.start(numbers[0], jobs[0])
+        log.info("trial%s %s on GPU %s", "s" if len(numbers) > 1 else "", ", ".join(map(str, numbers)), gpu)
+        job = (*job, f"++hydra.job.env_set.{VISIBLE_ENV}={quoted(gpu)}")
+    r.launches.start(key, job, numbers[0])
+
+
+def seed_job(r: Run, number: int, overrides: tuple[str, ...], k: int) -> tuple[str, ...]:
+    """The overrides of one seed's job of a repeated trial: the seed, and a folder in the trial's."""
+    key, seed = r.settings.seed_key, r.plan.seeds[k]
+    own = tuple(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key)  # a seed fixed on the command line
+    return (
+        *own,
+        f"++{key}={seed}",  # adds the key or replaces it
+        *job_overrides(r.study.study_name, number, *job_channel(r.settings), None, r.settings.trial_timeout),
+        f"++hydra.job.env_set.{REPEAT_ENV}={quoted(f'{k}/{len(r.plan.seeds)}')}",
+        f"hydra.sweep.dir={r.plan.sweep_dir}",
+        f"hydra.sweep.subdir={repeats.folder(number, seed)}",
+    )
 
 
 def member_job(r: Run, number: int, overrides: tuple[str, ...], stack: list[int] | None) -> tuple[str, ...]:
@@ -235,6 +266,9 @@ def collect(r: Run) -> None:
     for first, ret in ended:
         numbers = r.jobs.pop(first)
         r.slots.free(first)
+        if r.plan.seeds:
+            seed_ended(r, *first, ret)
+            continue
         parts = {first: ret} if r.settings.stack == 1 else outcome.of_stack(ret, numbers)
         for number in numbers:
             finish(r, number, parts[number])
@@ -246,19 +280,71 @@ def collect(r: Run) -> None:
         r.scan = None  # other workers' trials may have gone stale
 
 
+def seed_ended(r: Run, number: int, k: int, ret: Any) -> None:
+    """One seed of a repeated trial ended. A seed that failed or was pruned ends its trial: its
+    seeds not yet started never run. The trial is told once none of its seeds runs or waits."""
+    ended = r.seeds_ended[number]
+    ended[k] = ret
+    trial = r.in_flight[number].trial
+    if judge(r, trial, r.plan.sweep_dir / repeats.folder(number, r.plan.seeds[k]), ret)[0].state != TrialState.COMPLETE:
+        r.waiting = [w for w in r.waiting if w[0][0] != number]
+    if any(key[0] == number for key in r.jobs) or any(key[0] == number for key, _ in r.waiting):
+        return
+    del r.seeds_ended[number]
+    conclude(r, number, lambda trial: repeated(r, trial, ended))
+
+
+def judge(r: Run, trial: optuna.Trial, job_dir: Path, ret: Any) -> tuple[Outcome, dict]:
+    """One job's outcome (and its results file) from its return and what its reporter stored."""
+    results = outcome.read_results(job_dir, r.settings.results_file)
+    stored = recovery.stored_user_attrs(r.study, trial)
+    n = len(r.settings.directions)
+    return outcome.of_job(ret, results, n, stored.get(PRUNED_ATTR), stored.get(TIMEOUT_ATTR)), results
+
+
+def single(r: Run, trial: optuna.Trial, ret: Any) -> tuple[Outcome, dict]:
+    job_dir = r.plan.sweep_dir / str(trial.number)
+    result, results = judge(r, trial, job_dir, ret)
+    outcome.record(trial, results, r.settings.record, job_dir)
+    outcome.upload(trial, job_dir, r.settings.artifact_dir, r.settings.artifacts)
+    return result, results
+
+
+def repeated(r: Run, trial: optuna.Trial, rets: dict[int, Any]) -> tuple[Outcome, dict]:
+    """A repeated trial from its seeds' jobs: the mean of their values, their results files averaged,
+    each seed's files uploaded; its folder (`dir`) is its first seed's."""
+    outcomes, found = [], []
+    for k, seed in enumerate(r.plan.seeds):
+        job_dir = r.plan.sweep_dir / repeats.folder(trial.number, seed)
+        if k not in rets:
+            outcomes.append(None)
+            continue
+        result, results = judge(r, trial, job_dir, rets[k])
+        outcomes.append(result)
+        found.append(results)
+        outcome.upload(trial, job_dir, r.settings.artifact_dir, r.settings.artifacts)
+    result, attrs = repeats.combine(outcomes, r.plan.seeds, r.settings.names)
+    merged = repeats.mean_results(found)
+    first = r.plan.sweep_dir / repeats.folder(trial.number, r.plan.seeds[0])
+    outcome.record(trial, merged, r.settings.record, first)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    return result, merged
+
+
 def finish(r: Run, number: int, ret: Any) -> None:
     """Record one finished job: what it left, its outcome, its files; then say so."""
+    conclude(r, number, lambda trial: single(r, trial, ret))
+
+
+def conclude(r: Run, number: int, decide: Any) -> None:
+    """Tell a trial whose jobs all ended: `decide(trial)` records what they left and gives the
+    outcome; then say so."""
     flight = r.forget(number)
     trial, seconds = flight.trial, time.perf_counter() - flight.started
-    job_dir = r.plan.sweep_dir / str(number)
-    results = outcome.read_results(job_dir, r.settings.results_file)
+    results: dict = {}
     try:
-        outcome.record(trial, results, r.settings.record, job_dir)
-        stored = recovery.stored_user_attrs(r.study, trial)
-        result = outcome.of_job(
-            ret, results, len(r.settings.directions), stored.get(PRUNED_ATTR), stored.get(TIMEOUT_ATTR)
-        )
-        outcome.upload(trial, job_dir, r.settings.artifact_dir, r.settings.artifacts)
+        result, results = decide(trial)
     except Exception as err:  # the storage or the file system failed around this one trial
         StorageFailure.raise_if_storage(err, r.settings.storage)
         result = Outcome.failed(f"{type(err).__name__}: {err}")
@@ -285,7 +371,13 @@ def say_outcome(r: Run, trial: optuna.Trial, result: Outcome, seconds: float) ->
     elif result.state == TrialState.PRUNED:
         log.info("trial %d %s (%s)", trial.number, result.reason, shown_params(trial.params))
     else:
-        values = ", ".join(f"{n}={v:.4g}" for n, v in zip(r.settings.names, result.values, strict=True))
+        attrs = trial.user_attrs
+        values = ", ".join(
+            f"{n}={v:.4g}" + (f" ± {attrs[f'{n}_std']:.2g}" if f"{n}_std" in attrs else "")
+            for n, v in zip(r.settings.names, result.values, strict=True)
+        )
+        if "seeds" in attrs:
+            values += f" (mean of seeds {', '.join(map(str, attrs['seeds']))})"
         log.info("trial %d end: %s in %.3g s (%s)", trial.number, values, seconds, shown_params(trial.params))
 
 

@@ -13,7 +13,7 @@ import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from . import gpus, space, staged, stock
+from . import gpus, repeats, space, staged, stock
 from .errors import UserError
 from .launching import runs_elsewhere
 from .settings import Settings
@@ -32,6 +32,7 @@ class Plan:
     queued: tuple[dict, ...]  # parameter sets to run first, once per study
     widened: dict[str, str]  # ranges widened on purpose (allow_widening), for the study's record
     stage: staged.Stage | None = None
+    seeds: tuple[int, ...] = ()  # each trial's seeds (repeats); () = one job a trial
     gpu_slots: tuple[str, ...] = ()  # each job slot's GPU; () = jobs get no GPU of their own
 
 
@@ -82,6 +83,7 @@ def make(inp: Inputs, arguments: list[str], stage: staged.Stage | None = None, k
         queued=tuple(queued),
         widened=widened,
         stage=stage,
+        seeds=repeats.seeds(s, config, sp.distributions, grid),
         gpu_slots=tuple(gpus.slots(s.gpus, s.trials_per_gpu, s.n_jobs, inp.launcher)),
     )
 

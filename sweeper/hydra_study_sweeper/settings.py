@@ -42,6 +42,8 @@ class Settings:
     params: Any
     heartbeat_interval: int = 10
     stack: int = 1
+    repeats: int = 1
+    seed_key: str | None = None
     gpus: Any = "auto"
     trials_per_gpu: int | None = None
     timeout: float | None = None

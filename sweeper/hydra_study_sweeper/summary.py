@@ -121,6 +121,12 @@ def write(rows: list[dict[str, Any]], out: Path, layout: Layout, study: Any = No
     return md
 
 
+def spread(name: str, value: Any, attrs: dict[str, Any], formats: dict[str, str]) -> str:
+    """A value, as `mean ± std` where the trial ran several seeds (repeats)."""
+    std = attrs.get(f"{name}_std")
+    return fmt(name, value, formats) + ("" if std is None or value is None else f" ± {fmt(name, std, formats)}")
+
+
 def fmt(name: str, value: Any, formats: dict[str, str]) -> str:
     """A value as the layout shows it: its format, else 4 significant digits; '-' when absent."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -151,6 +157,7 @@ def _finite(v: Any) -> bool:
 def _write_csv(rows: list[dict[str, Any]], path: Path, layout: Layout) -> None:
     params = sorted({k for r in rows for k in r["params"]})
     columns = [c for c in layout.columns if c not in layout.names]
+    columns += [f"{n}_std" for n in layout.names if any(f"{n}_std" in r["attrs"] for r in rows)]  # repeats
     head = ["number", "state", *params, *layout.names, *columns, "steps", "seconds", "fail_reason", "directory"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -163,7 +170,7 @@ def _write_csv(rows: list[dict[str, Any]], path: Path, layout: Layout) -> None:
                     r["state"],
                     *(r["params"].get(n, "") for n in params),
                     *("" if v is None else v for v in values),
-                    *("" if r["columns"].get(c) is None else r["columns"][c] for c in columns),
+                    *("" if (v := r["columns"].get(c, r["attrs"].get(c))) is None else v for c in columns),
                     len(r["steps"]) or "",
                     "" if r["seconds"] is None else r["seconds"],
                     r["fail_reason"],
@@ -216,7 +223,7 @@ def _markdown(
         cells = [
             f"{r['number']}{' *' if multi and r in front else ''}",
             r["state"].lower(),
-            *(fmt(m, v, layout.formats) for m, v in zip(names, values, strict=True)),
+            *(spread(m, v, r["attrs"], layout.formats) for m, v in zip(names, values, strict=True)),
             *(fmt(c, r["columns"].get(c), layout.formats) for c in columns),
             str(len(r["steps"]) or "-"),
             f"{r['seconds']:.3g}" if _finite(r["seconds"]) else "-",
@@ -231,7 +238,9 @@ def _best(ranked: list, front: list, layout: Layout, multi: bool, reruns: dict[i
     def described(r: dict) -> str:
         columns = [(c, r["columns"].get(c)) for c in layout.columns if c not in layout.names]
         shown = [*zip(layout.names, r["values"], strict=True), *columns]
-        return ", ".join(f"{n} {fmt(n, v, layout.formats)}" for n, v in shown if v is not None)
+        text = ", ".join(f"{n} {spread(n, v, r['attrs'], layout.formats)}" for n, v in shown if v is not None)
+        seeds = r["attrs"].get("seeds")
+        return text + (f" (mean ± std over seeds {', '.join(map(str, seeds))})" if seeds else "")
 
     if multi and front:
         lines = ["", f"## Pareto front: {len(front)} trial(s)", ""]

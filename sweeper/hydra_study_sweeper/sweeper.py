@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from . import cleanup, loop, plan, settings, staged, stock, summary
 from .errors import StorageFailure, SweepExit
 from .gpus import Slots, say_slots
-from .launching import Launches
+from .launching import Launches, worker_processes
 from .recovery import Heartbeat
 from .signals import exit_code, interrupting
 from .space import directions_of_study
@@ -78,6 +78,15 @@ class StudySweeper:
         )
         if p.gpu_slots:
             say_slots(p.gpu_slots, s.n_jobs)
+        workers = worker_processes(self.inputs.launcher)
+        if workers is not None and workers < r.capacity:
+            log.warning(
+                "joblib runs %d job(s) at once (hydra.launcher.n_jobs), fewer than hydra.sweeper.n_jobs=%d: "
+                "the others wait for a process; set hydra.launcher.n_jobs=%d",
+                workers,
+                s.n_jobs,
+                r.capacity,
+            )
         try:
             with interrupting():
                 try:

@@ -69,6 +69,10 @@ class StudySweeperConf(SweeperConf):
     # trials per job: up to `stack` trials handed to one job that trains them together (an app that
     # supports it: hydra_study_sweeper.job.stack()); 1 = one trial a job
     stack: int = 1
+    # each trial's configuration run with `repeats` seeds (the config's seed_key value, +1, +2, ...),
+    # each a job of its own in the trial's folder; the trial's value is their mean
+    repeats: int = 1
+    seed_key: str | None = None  # e.g. trainer.seed
     # GPUs handed to jobs side by side in local processes (joblib, submitit_local), one slot each as
     # CUDA_VISIBLE_DEVICES: auto = the GPUs this machine shows; null = none; or a list, e.g. [0, 1].
     # trials_per_gpu: jobs sharing one GPU (null: n_jobs spread evenly over the GPUs)

@@ -30,7 +30,7 @@ def one(cfg: DictConfig, trial=None, report=None, out=None):
     report = report if trial is not None and report is not None else job.reporter("loss")
     number = trial.number if trial else None
     print(f"job of trial {number} in study {trial.study if trial else None}")
-    value = cfg.x**2 + cfg.y**2
+    value = cfg.x**2 + cfg.y**2 + cfg.noise * cfg.seed
     if cfg.hold and number == 0:  # trial 0 runs until the test lets it end
         deadline = time.monotonic() + 600
         while not os.path.exists(cfg.hold) and time.monotonic() < deadline:
