@@ -69,7 +69,7 @@ def train_one(cfg: DictConfig) -> float | tuple[float, ...] | dict[int, Any]:
     )
     objective = metric_list(cfg.optimized_metric)[0]
     reporter = job.reporter(objective, unit="epoch")  # the sweep's channel: None in a single run
-    on_epoch = None if reporter is None else lambda epoch, row: reporter(epoch, row.get(objective))
+    on_epoch = None if reporter is None else lambda epoch, row: reporter(epoch, row.get(objective), row)
     metrics = fit(model, splits, instantiate(cfg.optimizer), cfg.trainer, cfg.augment, on_epoch=on_epoch)
     extra = stopped(metrics, reporter, logging.getLogger("mlp_sweep.epochs"))
     title = " ".join(hydra_cfg.overrides.task) or "defaults"
@@ -130,7 +130,7 @@ def train_stack(cfg: DictConfig, members: list[Any]) -> dict[int, Any]:
             member = stacked.Member(m.trial.number, member_cfg, log=_member_log(m, own, files))
             member.reporter = m.reporter(objective, unit="epoch")
             if member.reporter is not None:
-                member.on_epoch = lambda epoch, row, r=member.reporter: r(epoch, row.get(objective))
+                member.on_epoch = lambda epoch, row, r=member.reporter: r(epoch, row.get(objective), row)
             streams.setdefault(stacked.stream_key(member_cfg), []).append((m, member))
         trained = sum(map(len, streams.values()))
         log.info("stack of %d trials (%d data stream(s)), %s, %d threads", trained, len(streams), device, threads)

@@ -271,3 +271,25 @@ def test_repeats_run_each_trial_with_several_seeds_and_take_their_mean(tmp_path)
         config = [yaml.safe_load((folder / f"seed-{s}" / ".hydra" / "config.yaml").read_text()) for s in (0, 1)]
         assert [c["trainer"]["seed"] for c in config] == [0, 1]
     assert "(mean ± std over seeds 0, 1)" in res.stdout
+
+
+def test_mlflow_and_tensorboard_get_each_epochs_metrics_of_every_trial(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    on = ("hydra.sweeper.mlflow=true", "hydra.sweeper.tensorboard=true", "hydra/sweeper/pruner=none")
+    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2", *on)
+    assert res.returncode == 0, res.stderr
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    experiment = client.get_experiment_by_name("tpe-digits-20k")
+    trials = study(tmp_path, "tpe-digits-20k").trials
+    for run in client.search_runs([experiment.experiment_id], "tags.trial != ''"):
+        t = trials[int(run.data.tags["trial"])]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]  # the app's own
+        assert steps == list(range(1, t.user_attrs["epochs_run"] + 1))
+        assert run.data.metrics["test_acc"] == pytest.approx(t.user_attrs["test_acc"])
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"curves.png", "metrics.json"} <= names
+        events = EventAccumulator(str(tmp_path / "outputs" / "tensorboard" / "tpe-digits-20k" / str(t.number)))
+        events.Reload()
+        assert [e.step for e in events.Scalars("val_loss")] == steps

@@ -20,7 +20,9 @@ reporter's start) returns False and the trial ends FAIL `timeout`, its last valu
 attribute `last_value` (`report.timed_out` says so to the task).
 
 `report(step, value) -> keep going?` records the value as the trial's intermediate value at that
-step and asks the study's pruner. Once it says stop, the trial is PRUNED whatever the task returns
+step and asks the study's pruner. `report(step, value, metrics)` also logs the app's own metrics
+of that step (a dict of numbers) where the sweeper tracks trials in MLflow or TensorBoard. Once
+it says stop, the trial is PRUNED whatever the task returns
 afterwards (raising `optuna.TrialPruned` does the same). `report.reason` says why, in one line.
 For a task that runs inside the sweeper's own process (Hydra's basic launcher), each report is
 also where a Ctrl-C or SIGTERM the sweeper received is raised, should Python have swallowed it.
@@ -166,9 +168,14 @@ class Reporter:
         self.timed_out = False
         # a repeated trial's later seeds: the first seed's job reports and is judged; these follow it
         self.follower = not os.environ.get(REPEAT_ENV, "0/1").startswith("0/")
+        from .tracking import JobTracker
 
-    def __call__(self, step: int, value: float | None = None) -> bool:
+        self.tracker = None if self.follower else JobTracker.of(trial.number)  # MLflow, TensorBoard
+
+    def __call__(self, step: int, value: float | None = None, metrics: dict[str, Any] | None = None) -> bool:
         raise_pending()
+        if self.tracker is not None:
+            self.tracker.log(step, {**(metrics or {}), **({} if value is None else {self.name: value})})
         if self.limit is not None and time.monotonic() - self.started > self.limit:
             return self._time_up(step, value)
         if self.follower:
@@ -240,9 +247,11 @@ def job_overrides(
     pruner: str | None,
     stack: list[int] | None = None,
     trial_timeout: float | None = None,
+    extra: dict[str, str] | None = None,
 ) -> tuple[str, ...]:
-    """The Hydra overrides that hand a job its trial (`++`: adds the keys or replaces them)."""
-    values = {STUDY_ENV: study, TRIAL_ENV: str(number), STORAGE_ENV: storage, PRUNER_ENV: pruner}
+    """The Hydra overrides that hand a job its trial (`++`: adds the keys or replaces them); `extra`:
+    more environment variables (tracking)."""
+    values = {STUDY_ENV: study, TRIAL_ENV: str(number), STORAGE_ENV: storage, PRUNER_ENV: pruner, **(extra or {})}
     if trial_timeout:
         values[TIMEOUT_ENV] = repr(float(trial_timeout))
     if stack:

@@ -76,6 +76,7 @@ class Run:
     began: float = field(default_factory=time.monotonic)
     out_of_time: bool = False  # the sweep's timeout passed: start nothing more
     slots: Slots = field(default_factory=lambda: Slots([]))  # GPU slots of the jobs side by side
+    tracking: Any = None  # tracking.SweepTracker (MLflow, TensorBoard), or None
 
     @property
     def capacity(self) -> int:
@@ -170,6 +171,8 @@ def ask(r: Run) -> tuple[optuna.Trial, tuple[str, ...]] | None:
         outcome.tell(r.study, trial, Outcome.failed(f"{type(err).__name__}: {err}"))
         raise UserError(f"cannot build the trial's parameters: {err}") from None
     log.info("trial %d start: %s", trial.number, shown_params(trial.params))
+    if r.tracking is not None:
+        r.tracking.started(trial.number, {**r.plan.space.fixed, **trial.params})
     r.scan = Scan(r.scan.at, r.scan.done, r.scan.others, r.scan.todo - 1, r.scan.stored + 1)
     return trial, overrides
 
@@ -222,7 +225,14 @@ def seed_job(r: Run, number: int, overrides: tuple[str, ...], k: int) -> tuple[s
     return (
         *own,
         f"++{key}={seed}",  # adds the key or replaces it
-        *job_overrides(r.study.study_name, number, *job_channel(r.settings), None, r.settings.trial_timeout),
+        *job_overrides(
+            r.study.study_name,
+            number,
+            *job_channel(r.settings),
+            None,
+            r.settings.trial_timeout,
+            tracked(r, [number]) if k == 0 else None,  # the first seed's steps are the trial's
+        ),
         f"++hydra.job.env_set.{REPEAT_ENV}={quoted(f'{k}/{len(r.plan.seeds)}')}",
         f"hydra.sweep.dir={r.plan.sweep_dir}",
         f"hydra.sweep.subdir={repeats.folder(number, seed)}",
@@ -233,10 +243,21 @@ def member_job(r: Run, number: int, overrides: tuple[str, ...], stack: list[int]
     """The overrides of one trial's job (a stack's first member's are the stack's)."""
     return (
         *overrides,
-        *job_overrides(r.study.study_name, number, *job_channel(r.settings), stack, r.settings.trial_timeout),
+        *job_overrides(
+            r.study.study_name,
+            number,
+            *job_channel(r.settings),
+            stack,
+            r.settings.trial_timeout,
+            tracked(r, stack or [number]),
+        ),
         f"hydra.sweep.dir={r.plan.sweep_dir}",
         f"hydra.sweep.subdir={number}",
     )
+
+
+def tracked(r: Run, numbers: list[int]) -> dict[str, str] | None:
+    return None if r.tracking is None else r.tracking.job_env(numbers)
 
 
 def surplus(r: Run, trial: optuna.Trial) -> bool:
@@ -362,6 +383,10 @@ def conclude(r: Run, number: int, decide: Any) -> None:
         )
         return
     say_outcome(r, trial, result, results.get("seconds", seconds))
+    if r.tracking is not None:
+        job_dir = trial.user_attrs.get(outcome.DIR_ATTR)
+        attrs = recovery.stored_user_attrs(r.study, trial)  # with what the job's reporter wrote
+        r.tracking.ended(trial, attrs, result, r.settings.names, Path(job_dir) if job_dir else None)
 
 
 def say_outcome(r: Run, trial: optuna.Trial, result: Outcome, seconds: float) -> None:

@@ -68,6 +68,10 @@ class Settings:
     rerun_dir: str | None = None
     rerun_skip: tuple[str, ...] = ()
     stages: tuple[dict, ...] = ()
+    mlflow: bool = False
+    mlflow_uri: str = "sqlite:///outputs/mlflow.db"
+    tensorboard: bool = False
+    tensorboard_dir: str = "outputs/tensorboard"
 
     @property
     def names(self) -> list[str]:

@@ -24,6 +24,7 @@ from .launching import Launches, worker_processes
 from .recovery import Heartbeat
 from .signals import exit_code, interrupting
 from .space import directions_of_study
+from .tracking import SweepTracker
 
 log = logging.getLogger(__name__)
 LAUNCHER_LOGGERS = (  # "Launching 1 jobs locally" and each job's overrides: the sweeper's lines say more
@@ -75,6 +76,7 @@ class StudySweeper:
             allowed_failures=loop.allowed_failures(s, p, study),
             write_member=lambda number, job: self.write_member(p, number, job),
             slots=Slots(list(p.gpu_slots)),
+            tracking=SweepTracker(s, p.name) if (s.mlflow or s.tensorboard) else None,
         )
         if p.gpu_slots:
             say_slots(p.gpu_slots, s.n_jobs)
@@ -104,6 +106,8 @@ class StudySweeper:
             raise
         finally:
             heartbeat.stop()
+            if r.tracking is not None:
+                r.tracking.close()
         self.summarize(study, p)
         return study
 

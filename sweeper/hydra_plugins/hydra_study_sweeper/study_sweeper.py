@@ -121,6 +121,12 @@ class StudySweeperConf(SweeperConf):
     rerun_group: str | None = None
     rerun_dir: str | None = None
     rerun_skip: list[str] = field(default_factory=list)  # groups they do not select again (sweep presets)
+    # MLflow: each trial a run nested under the study's (hydra_study_sweeper.tracking); any tracking URI
+    mlflow: bool = False
+    mlflow_uri: str = "sqlite:///outputs/mlflow.db"
+    # TensorBoard: each trial's steps and hyperparameters in TENSORBOARD_DIR/STUDY/TRIAL/
+    tensorboard: bool = False
+    tensorboard_dir: str = "outputs/tensorboard"
     # a staged search: [{data_size: 1k, n_trials: 16, keep: 0.25}, ...]; each stage is a study of its
     # own whose space the previous stage's best `keep` share narrowed
     stages: list[Any] = field(default_factory=list)
