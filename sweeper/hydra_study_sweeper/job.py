@@ -20,10 +20,10 @@ reporter's start) returns False and the trial ends FAIL `timeout`, its last valu
 attribute `last_value` (`report.timed_out` says so to the task).
 
 `report(step, value) -> keep going?` records the value as the trial's intermediate value at that
-step and asks the study's pruner. `report(step, value, metrics)` also logs the app's own metrics
-of that step (a dict of numbers) where the sweeper tracks trials in MLflow or TensorBoard. Once
-it says stop, the trial is PRUNED whatever the task returns
+step and asks the study's pruner. Once it says stop, the trial is PRUNED whatever the task returns
 afterwards (raising `optuna.TrialPruned` does the same). `report.reason` says why, in one line.
+`report(step, value, metrics)` also logs the app's own numbers of that step (a dict) where the
+sweeper tracks trials in MLflow or TensorBoard.
 For a task that runs inside the sweeper's own process (Hydra's basic launcher), each report is
 also where a Ctrl-C or SIGTERM the sweeper received is raised, should Python have swallowed it.
 

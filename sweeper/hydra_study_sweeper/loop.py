@@ -30,7 +30,7 @@ from .plan import Plan
 from .recovery import Heartbeat, counts_toward_target
 from .settings import Settings
 from .signals import raise_pending
-from .storage import absolute, has_password, masked
+from .storage import absolute, has_password, masked, vanished
 
 log = logging.getLogger(__name__)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -127,12 +127,24 @@ def step(r: Run) -> bool:
 
 def scan(r: Run) -> Scan:
     """Fail other workers' stale trials, then count what is done, running elsewhere and left."""
+    still_there(r)
     recovery.fail_stale_trials(r.study, r.plan.storage)
     trials = r.study.get_trials(deepcopy=False)
     done = sum(map(counts_toward_target, trials))
     others = [t for t in running(trials) if t.number not in r.in_flight]
     todo = r.plan.n_trials - done - len(others) - len(r.in_flight)
     return Scan(time.monotonic(), done, others, todo, len(trials))
+
+
+def still_there(r: Run) -> None:
+    """Before the loop writes: a study whose Redis server lost it (restarted empty) ends this worker."""
+    if r.plan.storage is not None and vanished(r.plan.storage):
+        raise SweepExit(
+            2,
+            f"study {r.plan.name} vanished from {masked(r.settings.storage)} (the server restarted without "
+            "persistence, or was flushed): this worker stops rather than go on in an empty study of the same "
+            "name. Its trials are lost; switch the server's persistence on before the next sweep",
+        )
 
 
 def launch_next(r: Run) -> None:
@@ -156,6 +168,7 @@ def ask(r: Run) -> tuple[optuna.Trial, tuple[str, ...]] | None:
     # the search, workers sharing the study draw apart, one seeded worker alone is reproducible.
     # Relative samplers draw inside ask() (the number is guessed from the trials stored),
     # independent ones when the parameters are suggested (the number is known).
+    still_there(r)
     r.study.sampler = r.plan.make_sampler(r.scan.stored)
     trial = r.study.ask()
     r.in_flight[trial.number] = InFlight(trial, time.perf_counter())
@@ -361,6 +374,7 @@ def finish(r: Run, number: int, ret: Any) -> None:
 def conclude(r: Run, number: int, decide: Any) -> None:
     """Tell a trial whose jobs all ended: `decide(trial)` records what they left and gives the
     outcome; then say so."""
+    still_there(r)
     flight = r.forget(number)
     trial, seconds = flight.trial, time.perf_counter() - flight.started
     results: dict = {}

@@ -77,7 +77,7 @@ def open_storage(url: Any, heartbeat_interval: int | None, grace_period: int | N
     if url.startswith("journal:"):
         return _journal_file(Path(url.removeprefix("journal:")), quiet)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        return _redis(url)
+        return _redis(url, quiet)
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
@@ -170,7 +170,7 @@ def _lost_creation_race(err: Exception) -> bool:
     return isinstance(err, sqlalchemy.exc.IntegrityError) or "already exists" in text or "duplicate" in text
 
 
-def _redis(url: str) -> Any:
+def _redis(url: str, quiet: bool = False) -> Any:
     try:
         import redis
     except ImportError:
@@ -179,13 +179,45 @@ def _redis(url: str) -> Any:
     from optuna.storages.journal import JournalRedisBackend
 
     try:  # the backend connects lazily: an unusable server should fail here, within CONNECT_TIMEOUT
-        redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT).ping()
+        client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
+        client.ping()
     except (redis.RedisError, ValueError) as err:
         raise UserError(f"cannot use the storage {masked(url)}: {scrub(str(err), url)}") from None
+    if not quiet:
+        warn_if_volatile(client, url)
     if "socket_timeout=" not in url:  # a server that stops answering must not hang the sweep
         sep = "&" if "?" in url else "?"
         url = f"{url}{sep}socket_connect_timeout={CONNECT_TIMEOUT}&socket_timeout={STATEMENT_TIMEOUT}"
     return optuna.storages.JournalStorage(JournalRedisBackend(url))
+
+
+def warn_if_volatile(client: Any, url: str) -> None:
+    """A Redis server with neither RDB snapshots nor AOF loses every study when it restarts."""
+    import redis
+
+    try:
+        save = str(client.config_get("save").get("save", "")).strip()
+        aof = str(client.config_get("appendonly").get("appendonly", "no")).lower()
+    except redis.RedisError:  # CONFIG may be disabled (managed servers): nothing to tell
+        return
+    if not save and aof != "yes":
+        log.warning(
+            "%s keeps nothing on disk (no RDB snapshots, no AOF): a restart of the server loses every study "
+            "in it; switch persistence on (redis-cli CONFIG SET appendonly yes) or use a database",
+            masked(url),
+        )
+
+
+def vanished(storage: Any) -> bool:
+    """Whether the Redis journal under this storage is gone (its server restarted empty, or was
+    flushed) after the study was opened: going on would write into an empty study of the same name."""
+    backend = getattr(storage, "_backend", None)  # JournalStorage keeps its backend and replay state private
+    client, prefix = getattr(backend, "_redis", None), getattr(backend, "_prefix", "")
+    replay = getattr(storage, "_replay_result", None)
+    if client is None or replay is None or replay.log_number_read == 0:
+        return False
+    stored = client.get(f"{prefix}:log_number")  # the last log's number; this process has read up to log_number_read
+    return stored is None or int(stored) + 1 < replay.log_number_read
 
 
 def _journal_file(path: Path, quiet: bool = False) -> Any:
