@@ -278,7 +278,8 @@ def test_mlflow_and_tensorboard_get_each_epochs_metrics_of_every_trial(tmp_path)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     on = ("hydra.sweeper.mlflow=true", "hydra.sweeper.tensorboard=true", "hydra/sweeper/pruner=none")
-    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2", *on)
+    # the jobs log from joblib's worker processes, the sweeper from its own
+    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2", *on, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2")
     assert res.returncode == 0, res.stderr
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
     experiment = client.get_experiment_by_name("tpe-digits-20k")
