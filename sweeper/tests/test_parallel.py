@@ -70,6 +70,15 @@ def test_workers_on_a_new_database_create_its_tables_once_and_reach_the_target(t
         exact_target(url, tmp_path, "race")
 
 
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_eight_workers_on_one_server_study_count_exactly_eighty_trials(tmp_path, kind):
+    """Eight processes, one study of 80 trials on PostgreSQL and on MariaDB: exactly 80 count,
+    numbers and folders unique, no worker exits non-zero (exact_target checks each)."""
+    with new_database(server(kind)) as url:
+        trials = exact_target(url, tmp_path, "eighty", workers=8, n_trials=80)
+    assert len({t.user_attrs["worker"] for t in trials}) > 1  # the work was shared
+
+
 def test_workers_on_redis_reach_exactly_the_target(tmp_path, study_name):  # noqa: F811
     exact_target(server("redis"), tmp_path, study_name)
 
