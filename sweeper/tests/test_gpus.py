@@ -70,24 +70,21 @@ def gpus_of(tmp_path, name="sphere"):
     return trials, handed
 
 
+def gpu_sweep(tmp_path, *args):
+    """Two joblib places; each job writes the GPU it was handed into its results.json."""
+    res = sweep(tmp_path, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "results=true", *args, timeout=240)
+    assert res.returncode == 0, res.stderr
+    return (res, *gpus_of(tmp_path))
+
+
 def overlapping(a, b):
     return a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
 
 
 @pytest.mark.slow
 def test_jobs_side_by_side_each_see_only_their_own_gpu(tmp_path):
-    args = (
-        "hydra/launcher=joblib",
-        "hydra.sweeper.n_jobs=2",
-        "hydra.sweeper.n_trials=5",
-        "seconds=0.4",
-        "results=true",
-        "hydra.sweeper.gpus=[4,6]",
-    )
-    res = sweep(tmp_path, *args, timeout=240)
-    assert res.returncode == 0, res.stderr
+    res, trials, handed = gpu_sweep(tmp_path, "hydra.sweeper.n_trials=5", "seconds=0.4", "hydra.sweeper.gpus=[4,6]")
     assert "GPU 4, 6: up to 1 job(s) each, every job sees only its own (CUDA_VISIBLE_DEVICES)" in res.stdout
-    trials, handed = gpus_of(tmp_path)
     assert set(handed.values()) == {"4", "6"}
     pairs = [(a, b) for a in trials for b in trials if a.number < b.number and overlapping(a, b)]
     assert pairs, "no two trials ran at the same time"
@@ -96,19 +93,9 @@ def test_jobs_side_by_side_each_see_only_their_own_gpu(tmp_path):
 
 @pytest.mark.slow
 def test_fewer_gpu_slots_than_n_jobs_run_fewer_jobs_at_once(tmp_path):
-    args = (
-        "hydra/launcher=joblib",
-        "hydra.sweeper.n_jobs=2",
-        "hydra.sweeper.n_trials=3",
-        "seconds=0.3",
-        "results=true",
-        "hydra.sweeper.gpus=[2]",
-        "hydra.sweeper.trials_per_gpu=1",
-    )
-    res = sweep(tmp_path, *args, timeout=240)
-    assert res.returncode == 0, res.stderr
+    gpus = ("hydra.sweeper.gpus=[2]", "hydra.sweeper.trials_per_gpu=1")
+    res, trials, handed = gpu_sweep(tmp_path, "hydra.sweeper.n_trials=3", "seconds=0.3", *gpus)
     assert "n_jobs=2 runs 1 at a time" in res.stdout
-    trials, handed = gpus_of(tmp_path)
     assert set(handed.values()) == {"2"}
     assert not any(overlapping(a, b) for a in trials for b in trials if a.number < b.number)
 
