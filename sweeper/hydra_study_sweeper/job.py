@@ -79,6 +79,7 @@ PRUNER_ENV = "HYDRA_STUDY_SWEEPER_PRUNER"  # the pruner's config as JSON
 TIMEOUT_ENV = "HYDRA_STUDY_SWEEPER_TRIAL_TIMEOUT"  # trial_timeout in seconds, counted from the reporter's start
 TIMEOUT_ATTR = "timeout_reason"  # set on the trial by the reporter when the trial ran past trial_timeout
 REPEAT_ENV = "HYDRA_STUDY_SWEEPER_REPEAT"  # "K/N": the job runs seed K (from 0) of its trial's N (repeats)
+OUTAGE_ENV = "HYDRA_STUDY_SWEEPER_OUTAGE_TIMEOUT"  # seconds the job's reporter waits out a lost database server
 STACK_ENV = "HYDRA_STUDY_SWEEPER_STACK"  # a stacked job's trial numbers, comma separated
 PRUNER_TARGETS = ("optuna.pruners.*", "hydra_study_sweeper.pruners.*")  # what a pruner config may name
 PRUNED_ATTR = "pruned_reason"  # set on the trial by the reporter when the pruner says stop
@@ -156,7 +157,8 @@ class Reporter:
             from .storage import open_storage
 
             pruner = _pruner(os.environ.get(PRUNER_ENV))
-            storage = open_storage(url, None, None, quiet=True)
+            outage = float(os.environ.get(OUTAGE_ENV) or 0) or None
+            storage = open_storage(url, None, None, quiet=True, outage_timeout=outage, patient_open=True)
             self.study = optuna.load_study(study_name=trial.study, storage=storage, pruner=pruner)
         else:
             self.study = IN_PROCESS[trial.study]

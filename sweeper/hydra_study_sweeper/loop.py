@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from . import outcome, recovery, repeats
 from .errors import StorageFailure, SweepExit, UserError
 from .gpus import VISIBLE_ENV, Slots
-from .job import PRUNED_ATTR, REPEAT_ENV, TIMEOUT_ATTR, job_overrides, quoted
+from .job import OUTAGE_ENV, PRUNED_ATTR, REPEAT_ENV, TIMEOUT_ATTR, job_overrides, quoted
 from .launching import Launches
 from .outcome import Outcome
 from .plan import Plan
@@ -244,7 +244,7 @@ def seed_job(r: Run, number: int, overrides: tuple[str, ...], k: int) -> tuple[s
             *job_channel(r.settings),
             None,
             r.settings.trial_timeout,
-            tracked(r, [number]) if k == 0 else None,  # the first seed's steps are the trial's
+            job_env(r, [number], tracked=k == 0),  # the first seed's steps are the trial's
         ),
         f"++hydra.job.env_set.{REPEAT_ENV}={quoted(f'{k}/{len(r.plan.seeds)}')}",
         f"hydra.sweep.dir={r.plan.sweep_dir}",
@@ -262,15 +262,20 @@ def member_job(r: Run, number: int, overrides: tuple[str, ...], stack: list[int]
             *job_channel(r.settings),
             stack,
             r.settings.trial_timeout,
-            tracked(r, stack or [number]),
+            job_env(r, stack or [number]),
         ),
         f"hydra.sweep.dir={r.plan.sweep_dir}",
         f"hydra.sweep.subdir={number}",
     )
 
 
-def tracked(r: Run, numbers: list[int]) -> dict[str, str] | None:
-    return None if r.tracking is None else r.tracking.job_env(numbers)
+def job_env(r: Run, numbers: list[int], tracked: bool = True) -> dict[str, str]:
+    """More of the job's environment: how long its reporter waits out a lost database server, and
+    where its steps are tracked (MLflow, TensorBoard)."""
+    env = {OUTAGE_ENV: repr(float(r.settings.outage_timeout))}
+    if tracked and r.tracking is not None:
+        env.update(r.tracking.job_env(numbers))
+    return env
 
 
 def surplus(r: Run, trial: optuna.Trial) -> bool:

@@ -61,7 +61,7 @@ def make(inp: Inputs, arguments: list[str], stage: staged.Stage | None = None, k
     queued = [] if sp.adhoc else space.check_enqueued(queue, sp)
     identity = space.identity(config, sp, list(s.directions), s.metric_names, list(s.identity_ignore))
     name = study_name(inp, sp, identity, stage)
-    storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period)
+    storage = open_storage(s.storage, s.heartbeat_interval, s.grace_period, outage_timeout=s.outage_timeout)
     if storage is None and runs_elsewhere(inp.launcher):
         raise UserError(
             f"hydra.sweeper.storage=null keeps the study in this process, where the jobs of "

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 import optuna
@@ -65,6 +66,8 @@ def fail_stale_trials(study: optuna.Study, raw: Any) -> None:
     `raw` is the storage as opened (a Study wraps an RDBStorage in a cache). Storages without
     heartbeats (journal files, Redis) can only tell of workers on this machine: a dead process."""
     storage = study._storage  # Study has no public handle on its storage; writes go through its cache
+    if just_back(raw):
+        return
     if heartbeat_enabled(raw):
         # RDBStorage._get_stale_trial_ids is the query Optuna's own fail_stale_trials uses; that public
         # function cannot record a reason or requeue, and it skips trials that never sent a heartbeat.
@@ -87,6 +90,16 @@ def fail_stale_trials(study: optuna.Study, raw: Any) -> None:
             trial.user_attrs.get("worker", "unknown"),
         )
         requeue(study, trial)
+
+
+def just_back(raw: Any) -> bool:
+    """Whether the database server came back from an outage less than a grace period ago: every
+    worker's heartbeats stopped with it, so none is stale until they had the time to beat again."""
+    outage = getattr(raw, "outage", None)
+    if outage is None or outage.ended is None:
+        return False
+    grace = raw.grace_period or 2 * raw.get_heartbeat_interval()
+    return time.monotonic() - outage.ended < grace
 
 
 def _dead_here(study: optuna.Study) -> set[int]:
@@ -119,16 +132,17 @@ def _never_beat(study: optuna.Study, storage: RDBStorage) -> set[int]:
     }
     if not running:
         return set()
-    with storage.scoped_session() as session:
-        beating = {
-            row[0]
-            for row in session.query(models.TrialHeartbeatModel.trial_id).filter(
-                models.TrialHeartbeatModel.trial_id.in_(list(running))
-            )
-        }
+
+    def beating() -> set[int]:
+        with storage.scoped_session() as session:
+            query = session.query(models.TrialHeartbeatModel.trial_id)
+            return {row[0] for row in query.filter(models.TrialHeartbeatModel.trial_id.in_(list(running)))}
+
+    outage = getattr(storage, "outage", None)  # a lost server is waited for here too
+    beat = outage.call("heartbeats", beating) if outage is not None else beating()
     # datetime_start is the asking machine's local time; the margin covers modest clock skew
     cutoff = datetime.datetime.now() - datetime.timedelta(seconds=2 * grace)
-    return {tid for tid, start in running.items() if tid not in beating and start < cutoff}
+    return {tid for tid, start in running.items() if tid not in beat and start < cutoff}
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> bool:

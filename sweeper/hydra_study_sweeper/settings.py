@@ -49,6 +49,7 @@ class Settings:
     timeout: float | None = None
     trial_timeout: float | None = None
     grace_period: int | None = None
+    outage_timeout: float = 600
     enqueue_trials: tuple[dict, ...] = ()
     conditions: dict[str, Any] = field(default_factory=dict)
     metric_names: tuple[str, ...] | None = None
@@ -134,6 +135,9 @@ def check(s: Settings) -> None:
         value = getattr(s, key)
         if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
             bad.append(f"hydra.sweeper.{key}={value!r} is not allowed: use seconds > 0, or null for no limit")
+    outage = s.outage_timeout
+    if not (isinstance(outage, (int, float)) and not isinstance(outage, bool) and outage >= 0):
+        bad.append(f"hydra.sweeper.outage_timeout={outage!r} is not allowed: use seconds >= 0 (0: do not wait)")
     rate = s.max_failure_rate
     if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate <= 1):
         bad.append(f"hydra.sweeper.max_failure_rate={rate!r} is not allowed: use a number in [0, 1]")

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import re
 import shutil
 import sqlite3
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 import sqlalchemy
 
-from .errors import UserError, reason_of
+from .errors import StorageFailure, UserError, reason_of
 
 log = logging.getLogger(__name__)
 # the sweeper runs its own heartbeat thread around ask/tell, which Optuna's notes do not foresee
@@ -37,6 +39,8 @@ warnings.filterwarnings("ignore", message=".*heartbeat_interval.*", category=opt
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 CONNECT_TIMEOUT = 10  # seconds to reach a database server before giving up
+MAX_BACKOFF = 15  # seconds between two tries to reach a lost server, at most
+OUTAGE_TIMEOUT = 600  # seconds a sweep waits out a database server that went away (hydra.sweeper.outage_timeout)
 STATEMENT_TIMEOUT = 30  # seconds one database round trip may take
 URL_HINT = "use sqlite:///PATH, postgresql://USER@HOST/DB, mysql://USER@HOST/DB, redis://HOST:PORT/DB or journal:PATH"
 DRIVERS = {  # URL scheme -> (SQLAlchemy driver to use when none is named, the package that provides it)
@@ -68,8 +72,17 @@ def scrub(message: str, url: Any) -> str:
     return message.replace(password, "***") if password else message
 
 
-def open_storage(url: Any, heartbeat_interval: int | None, grace_period: int | None, quiet: bool = False) -> Any:
-    """An Optuna storage from a URL; None = in memory."""
+def open_storage(
+    url: Any,
+    heartbeat_interval: int | None,
+    grace_period: int | None,
+    quiet: bool = False,
+    outage_timeout: float | None = OUTAGE_TIMEOUT,
+    patient_open: bool = False,
+) -> Any:
+    """An Optuna storage from a URL; None = in memory. A database server that goes away once the
+    storage is open is waited for, up to `outage_timeout` seconds (None or 0: not at all); with
+    `patient_open` (a job's reporter), also one that is away when the storage is opened."""
     if url is None:
         log.warning("hydra.sweeper.storage is null: the study lives in memory and cannot be resumed")
         return None
@@ -84,7 +97,7 @@ def open_storage(url: Any, heartbeat_interval: int | None, grace_period: int | N
         raise UserError(f"hydra.sweeper.storage={masked(url)!r} is not a storage URL: {URL_HINT}") from None
     if parsed.get_backend_name() == "sqlite":
         return _sqlite(url, parsed, heartbeat_interval, grace_period)
-    return _server(parsed, heartbeat_interval, grace_period)
+    return _server(parsed, heartbeat_interval, grace_period, outage_timeout, patient_open)
 
 
 def _sqlite(url: str, parsed: Any, heartbeat_interval: int, grace_period: int | None) -> Any:
@@ -115,7 +128,9 @@ def make_parent(url: str, path: Path) -> None:
         ) from None
 
 
-def _server(parsed: Any, heartbeat_interval: int, grace_period: int | None) -> Any:
+def _server(
+    parsed: Any, heartbeat_interval: int, grace_period: int | None, outage_timeout: float | None, patient_open: bool
+) -> Any:
     backend = parsed.get_backend_name()
     if backend in DRIVERS and "+" not in parsed.drivername:
         parsed = parsed.set(drivername=f"{backend}+{DRIVERS[backend][0]}")
@@ -129,7 +144,27 @@ def _server(parsed: Any, heartbeat_interval: int, grace_period: int | None) -> A
             "write_timeout": STATEMENT_TIMEOUT,
         }
     kwargs = {"connect_args": connect_args, "pool_pre_ping": True}
-    return _rdb_retrying(parsed.render_as_string(hide_password=False), kwargs, heartbeat_interval, grace_period)
+    url = parsed.render_as_string(hide_password=False)
+    if not outage_timeout:
+        return _rdb_retrying(url, kwargs, heartbeat_interval, grace_period)
+    outage = Outage.of(masked(url), outage_timeout)
+    if patient_open:  # a job opening the storage during an outage waits for the server too
+        storage = outage.call("open", _rdb_or_lost, url, kwargs, heartbeat_interval, grace_period)
+    else:  # at the sweep's start an unreachable server is more often a wrong URL: said at once
+        storage = _rdb_retrying(url, kwargs, heartbeat_interval, grace_period)
+    storage.__class__ = PatientRDBStorage  # open: from now on a lost server is waited for
+    storage.outage = outage
+    return storage
+
+
+def _rdb_or_lost(*args: Any) -> Any:
+    """_rdb_retrying, with an unreachable server raised as the connection error itself (to wait on)."""
+    try:
+        return _rdb_retrying(*args)
+    except UserError as err:
+        if getattr(err, "lost", None) is not None:
+            raise err.lost from None
+        raise
 
 
 def _rdb_retrying(url: str, engine_kwargs: dict, heartbeat_interval: int, grace_period: int | None) -> Any:
@@ -160,7 +195,178 @@ def _rdb(
     except sqlalchemy.exc.DBAPIError as err:  # cannot connect, refused login, an option the driver rejects
         if race_raises and _lost_creation_race(err):
             raise
-        raise UserError(f"cannot use the storage {masked(url)}: {scrub(reason_of(err), url)}") from None
+        failure = UserError(f"cannot use the storage {masked(url)}: {scrub(reason_of(err), url)}")
+        failure.lost = err if transient(err) else None  # the server unreachable, not a bad URL or login
+        raise failure from None
+
+
+class Outage:
+    """A database server that went away, as the threads of one process see it: one line when it
+    goes, one when it is back; calls wait with backoff (1, 2, 4 ... 30 s) until `limit` seconds
+    have passed since it went, then every call fails at once with a StorageFailure (exit 2). One per
+    server and process (`Outage.of`): the sweeper and a job in its process wait together."""
+
+    known: dict[str, Outage] = {}
+
+    def __init__(self, shown: str, limit: float) -> None:
+        self.shown, self.limit = shown, limit
+        self.lock = threading.Lock()
+        self.since: float | None = None  # time.monotonic() of the first failed call
+        self.gave_up: str | None = None  # the message, once waiting stopped
+        self.ended: float | None = None  # time.monotonic() the server answered again (for stale checks)
+
+    @classmethod
+    def of(cls, shown: str, limit: float) -> Outage:
+        outage = cls.known.get(shown)
+        if outage is None or outage.limit != limit:
+            outage = cls.known[shown] = cls(shown, limit)
+        return outage
+
+    def call(self, name: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+        delay, retried = 1.0, False
+        while True:
+            if self.gave_up:
+                raise StorageFailure(self.shown, self.gave_up)
+            try:
+                result = method(*args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # a state change that reached the server just before the connection dropped: the
+                # retry finds the trial finished; only this worker tells its own trials
+                if retried and name == "set_trial_state_values":
+                    return True
+                raise
+            except Exception as err:
+                if not transient(err):
+                    raise
+                wait = self.failed(err, delay)
+                time.sleep(wait)
+                delay, retried = min(1.5 * delay, MAX_BACKOFF), True
+                continue
+            if retried or self.since is not None:
+                self.back()
+            return result
+
+    def failed(self, err: Exception, delay: float) -> float:
+        """Seconds to wait before the next try; gives up (raises) past the limit."""
+        now = time.monotonic()
+        with self.lock:
+            if self.since is None:
+                self.since = now
+                log.warning(
+                    "the storage %s is unreachable (%s): waiting up to %s for it (hydra.sweeper.outage_timeout)",
+                    self.shown,
+                    lost_reason(err),
+                    _span(self.limit),
+                )
+            left = self.since + self.limit - now
+            if left <= 0 and not self.gave_up:
+                self.gave_up = (
+                    f"unreachable for {_span(now - self.since)}, longer than hydra.sweeper.outage_timeout="
+                    f"{self.limit:g} s allows (last error: {lost_reason(err)}); everything stored before is "
+                    "kept: run the same command again once the server is back"
+                )
+            if self.gave_up:
+                raise StorageFailure(self.shown, self.gave_up) from err
+        return min(delay, left)
+
+    def back(self) -> None:
+        with self.lock:
+            if self.since is None:
+                return
+            log.warning("the storage %s answers again after %s", self.shown, _span(time.monotonic() - self.since))
+            self.since, self.ended = None, time.monotonic()
+
+
+def transient(err: BaseException) -> bool:
+    """Whether an error (or what caused it) is a lost connection rather than a bad statement."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        if isinstance(err, (sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError)):
+            return True
+        if isinstance(err, sqlalchemy.exc.DBAPIError) and err.connection_invalidated:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def lost_reason(err: BaseException) -> str:
+    """The driver's own words (connection refused, server closed the connection) in one line."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, sqlalchemy.exc.DBAPIError) and err.orig is not None:
+            return " ".join(str(err.orig).split())[:300]
+        err = err.__cause__ or err.__context__
+    return reason_of(err) if err is not None else "connection lost"
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 60:.3g} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+class PatientRDBStorage(optuna.storages.RDBStorage):
+    """An RDBStorage whose calls wait out an outage of its server (see Outage). Optuna still sees an
+    RDBStorage (its cache and heartbeats work as before); each method the cache or the sweeper calls
+    goes through `outage.call`. Set on an opened storage by `_server` (the constructor is Optuna's)."""
+
+    outage: Outage
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("outage", None)  # a lock does not travel; the copy waits for nothing
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.outage = Outage("the storage", 0)  # not Outage.of: a copy is not the process's storage
+
+
+def _patient(name: str) -> Any:
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self: PatientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return self.outage.call(name, method, self, *args, **kwargs)
+
+    return call
+
+
+# what Optuna's cache (_CachedStorage), its Study and this package call on an RDBStorage
+for _name in (
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "_create_new_trial",
+    "set_trial_param",
+    "_set_trial_param",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "_get_trials",
+    "get_best_trial",
+    "_get_best_trial_id",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+):
+    setattr(PatientRDBStorage, _name, _patient(_name))
 
 
 def _lost_creation_race(err: Exception) -> bool:

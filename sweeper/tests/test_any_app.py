@@ -157,7 +157,9 @@ def test_no_trial_starts_after_the_sweep_timeout_and_a_rerun_goes_on(tmp_path):
 
 
 def test_bad_time_limits_are_refused(tmp_path):
-    res = sweep(tmp_path, "hydra.sweeper.timeout=0", "hydra.sweeper.trial_timeout=-3")
+    bad = ("hydra.sweeper.timeout=0", "hydra.sweeper.trial_timeout=-3", "hydra.sweeper.outage_timeout=-1")
+    res = sweep(tmp_path, *bad)
     assert res.returncode == 2
     assert "hydra.sweeper.timeout=0.0 is not allowed: use seconds > 0, or null for no limit" in res.stderr
     assert "hydra.sweeper.trial_timeout=-3.0 is not allowed" in res.stderr
+    assert "hydra.sweeper.outage_timeout=-1.0 is not allowed: use seconds >= 0 (0: do not wait)" in res.stderr
