@@ -38,6 +38,8 @@ def after_storage_failure(r: Run, err: StorageFailure) -> SweepExit:
     with cleaning_up(2), contextlib.suppress(Exception):
         settle_in_flight(r, "interrupted")
     advice = "the trials stored so far are kept: free space or reconnect, then run the same command again"
+    if "unreachable for" in err.reason:  # a server that went away and did not come back in time
+        advice = "the trials stored so far are kept: run the same command again once the server is back"
     return SweepExit(2, f"{err}; {advice}")
 
 

@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from .signals import raise_pending
+from .watchdog import stepped
 
 TRIAL_ENV = "HYDRA_STUDY_SWEEPER_TRIAL"
 STUDY_ENV = "HYDRA_STUDY_SWEEPER_STUDY"
@@ -176,6 +177,7 @@ class Reporter:
 
     def __call__(self, step: int, value: float | None = None, metrics: dict[str, Any] | None = None) -> bool:
         raise_pending()
+        stepped()  # the sweeper's watchdog: this job is alive
         if self.tracker is not None:
             self.tracker.log(step, {**(metrics or {}), **({} if value is None else {self.name: value})})
         if self.limit is not None and time.monotonic() - self.started > self.limit:

@@ -35,6 +35,10 @@ class Launches:
         """Ray starts (or joins its cluster) once, here in the main thread: launches on several
         threads would each try `ray.init`. Ray installs its own SIGTERM handler; the sweeper's stays."""
         self.ready = True
+        if type(self.launcher).__name__ == "JoblibLauncher":
+            from .watchdog import record_pool_deaths
+
+            record_pool_deaths()
         if type(self.launcher).__name__ != "RayLauncher":
             return
         import ray

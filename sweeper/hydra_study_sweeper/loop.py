@@ -20,12 +20,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from . import outcome, recovery, repeats
+from . import outcome, recovery, repeats, watchdog
 from .errors import StorageFailure, SweepExit, UserError
 from .gpus import VISIBLE_ENV, Slots
 from .job import OUTAGE_ENV, PRUNED_ATTR, REPEAT_ENV, TIMEOUT_ATTR, job_overrides, quoted
 from .launching import Launches
-from .outcome import Outcome
+from .outcome import JobLost, Outcome
 from .plan import Plan
 from .recovery import Heartbeat, counts_toward_target
 from .settings import Settings
@@ -77,6 +77,7 @@ class Run:
     out_of_time: bool = False  # the sweep's timeout passed: start nothing more
     slots: Slots = field(default_factory=lambda: Slots([]))  # GPU slots of the jobs side by side
     tracking: Any = None  # tracking.SweepTracker (MLflow, TensorBoard), or None
+    watchdog: watchdog.Watchdog = field(default_factory=lambda: watchdog.Watchdog(None, None, 30))
 
     @property
     def capacity(self) -> int:
@@ -228,7 +229,16 @@ def start_job(r: Run, key: Any, job: tuple[str, ...], numbers: list[int] | None 
     if gpu is not None:
         log.info("trial%s %s on GPU %s", "s" if len(numbers) > 1 else "", ", ".join(map(str, numbers)), gpu)
         job = (*job, f"++hydra.job.env_set.{VISIBLE_ENV}={quoted(gpu)}")
+    if r.launches.threaded:  # a job in the sweeper's own process cannot be watched (nor stopped)
+        r.watchdog.started(key, job_folder(r, key))
     r.launches.start(key, job, numbers[0])
+
+
+def job_folder(r: Run, key: Any) -> Path:
+    """A job's folder: its first trial's, or its seed's in its trial's folder."""
+    if isinstance(key, tuple):
+        return r.plan.sweep_dir / repeats.folder(key[0], r.plan.seeds[key[1]])
+    return r.plan.sweep_dir / str(key)
 
 
 def seed_job(r: Run, number: int, overrides: tuple[str, ...], k: int) -> tuple[str, ...]:
@@ -301,22 +311,61 @@ def surplus(r: Run, trial: optuna.Trial) -> bool:
 
 def collect(r: Run) -> None:
     """Tell the trials whose jobs ended (waiting a second for one); look at the study again after."""
+    for key, w in r.watchdog.look():
+        stop_hung(r, key, w)
     ended = r.launches.wait(timeout=1.0)
     for first, ret in ended:
-        numbers = r.jobs.pop(first)
-        r.slots.free(first)
-        if r.plan.seeds:
-            seed_ended(r, *first, ret)
-            continue
-        parts = {first: ret} if r.settings.stack == 1 else outcome.of_stack(ret, numbers)
-        for number in numbers:
-            finish(r, number, parts[number])
+        if first in r.jobs:  # not a hung job on another machine, told when it was found
+            job_ended(r, first, verdict(r, first, ret))
     if ended:
         progress(r)
         r.stopping = r.stopping or len(r.failures) > r.allowed_failures
         r.scan = None
     elif time.monotonic() - r.scan.at > max(5, r.settings.heartbeat_interval):
         r.scan = None  # other workers' trials may have gone stale
+
+
+def job_ended(r: Run, key: Any, ret: Any) -> None:
+    numbers = r.jobs.pop(key)
+    r.slots.free(key)
+    if r.plan.seeds:
+        seed_ended(r, *key, ret)
+        return
+    parts = {key: ret} if r.settings.stack == 1 else outcome.of_stack(ret, numbers)
+    for number in numbers:
+        finish(r, number, parts[number])
+
+
+def stop_hung(r: Run, key: Any, w: watchdog.Watch) -> None:
+    """A hung job: its processes are stopped (its trials are told when its launcher returns); one
+    on another machine is left to its scheduler, its trials told now."""
+    numbers = r.jobs[key]
+    log.warning("trial%s %s %s", "s" if len(numbers) > 1 else "", ", ".join(map(str, numbers)), w.hung)
+    if r.watchdog.stop(w):
+        return
+    log.warning(
+        "its process runs on %s, not here: it cannot be stopped from this worker (its scheduler ends it); "
+        "the sweep goes on without it",
+        w.host or "a machine it did not name",
+    )
+    r.watchdog.ended(key)
+    job_ended(r, key, JobLost(w.hung, last=True))
+
+
+def verdict(r: Run, key: Any, ret: Any) -> Any:
+    """A job's return, or why it was lost: stopped as hung, killed (joblib's worker died), or caught
+    up in another job's death (joblib stops its whole pool: queued again)."""
+    w = r.watchdog.ended(key)
+    if w is not None and w.hung:
+        return JobLost(f"{w.hung}; its processes were stopped", last=True)
+    if not watchdog.pool_broke(ret) or not watchdog.POOL_DEATHS:
+        return ret
+    if w is not None and w.pid is None:  # it died before the watchdog's last look
+        watchdog.read(w, time.monotonic())
+    pid = w.pid if w is not None else None
+    if pid in watchdog.POOL_DEATHS:
+        return JobLost(watchdog.killed_reason(watchdog.POOL_DEATHS[pid]))
+    return JobLost("interrupted", again=True)
 
 
 def seed_ended(r: Run, number: int, k: int, ret: Any) -> None:
@@ -344,6 +393,8 @@ def judge(r: Run, trial: optuna.Trial, job_dir: Path, ret: Any) -> tuple[Outcome
 def single(r: Run, trial: optuna.Trial, ret: Any) -> tuple[Outcome, dict]:
     job_dir = r.plan.sweep_dir / str(trial.number)
     result, results = judge(r, trial, job_dir, ret)
+    if isinstance(ret, JobLost) and ret.last:
+        keep_last_value(r, trial)
     outcome.record(trial, results, r.settings.record, job_dir)
     outcome.upload(trial, job_dir, r.settings.artifact_dir, r.settings.artifacts)
     return result, results
@@ -371,9 +422,33 @@ def repeated(r: Run, trial: optuna.Trial, rets: dict[int, Any]) -> tuple[Outcome
     return result, merged
 
 
+def keep_last_value(r: Run, trial: optuna.Trial) -> None:
+    """A stopped trial's last reported value, as the user attribute `last_value`."""
+    steps = recovery.stored_trial(r.study, trial).intermediate_values
+    if steps:
+        trial.set_user_attr("last_value", steps[max(steps)])
+
+
 def finish(r: Run, number: int, ret: Any) -> None:
     """Record one finished job: what it left, its outcome, its files; then say so."""
+    if isinstance(ret, JobLost) and ret.again:
+        lost_with_pool(r, number)
+        return
     conclude(r, number, lambda trial: single(r, trial, ret))
+
+
+def lost_with_pool(r: Run, number: int) -> None:
+    """A trial whose job joblib failed because another job's worker died: failed as `interrupted`
+    (not counted, not a failure of this run) and queued again."""
+    trial = r.forget(number).trial
+    r.told += 1
+    if outcome.tell(r.study, trial, Outcome.failed("interrupted")):
+        queued = recovery.requeue(r.study, trial)
+        log.warning(
+            "trial %d was lost when joblib stopped its worker pool (another job's process died)%s",
+            number,
+            ": queued again" if queued else "",
+        )
 
 
 def conclude(r: Run, number: int, decide: Any) -> None:

@@ -30,6 +30,16 @@ class Outcome:
         return cls(TrialState.FAIL, None, one_line(reason))
 
 
+class JobLost(Exception):
+    """A job the sweeper stopped (hung) or whose process died: its trials fail with this reason;
+    `again`: they were only caught up in another job's end, and are queued again; `last`: keep each
+    trial's last reported value."""
+
+    def __init__(self, reason: str, again: bool = False, last: bool = False) -> None:
+        super().__init__(reason)
+        self.again, self.last = again, last
+
+
 def tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> bool:
     """Record the outcome; False when the trial was already finished (by another worker that
     failed it as stale while this one was stopped)."""
@@ -52,6 +62,8 @@ def of_job(
     its reporter was told to stop (by the pruner, or by trial_timeout)."""
     if timed_out:
         return Outcome.failed(timed_out)
+    if isinstance(ret, JobLost):
+        return Outcome.failed(str(ret))
     if isinstance(ret, BaseException):
         return Outcome.failed(f"{type(ret).__name__}: {ret}")
     try:

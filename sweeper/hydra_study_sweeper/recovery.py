@@ -61,6 +61,11 @@ def stored_user_attrs(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any
     return study._storage.get_trial(trial_id(trial)).user_attrs
 
 
+def stored_trial(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
+    """A running trial as stored now (with the steps its job reported from another process)."""
+    return study._storage.get_trial(trial_id(trial))
+
+
 def fail_stale_trials(study: optuna.Study, raw: Any) -> None:
     """Trials whose worker stopped sending heartbeats become FAIL (`stale`) and are queued again.
     `raw` is the storage as opened (a Study wraps an RDBStorage in a cache). Storages without

@@ -48,6 +48,8 @@ class Settings:
     trials_per_gpu: int | None = None
     timeout: float | None = None
     trial_timeout: float | None = None
+    stall_timeout: float | None = None
+    stop_grace: float = 30
     grace_period: int | None = None
     outage_timeout: float = 600
     enqueue_trials: tuple[dict, ...] = ()
@@ -131,10 +133,13 @@ def check(s: Settings) -> None:
     bad += gpus.check(s.gpus, s.trials_per_gpu)
     if not (isinstance(s.stack, int) and not isinstance(s.stack, bool) and s.stack >= 1):
         bad.append(f"hydra.sweeper.stack={s.stack!r} is not allowed: use an integer >= 1 (1 = one trial a job)")
-    for key in ("timeout", "trial_timeout"):
+    for key in ("timeout", "trial_timeout", "stall_timeout"):
         value = getattr(s, key)
         if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
             bad.append(f"hydra.sweeper.{key}={value!r} is not allowed: use seconds > 0, or null for no limit")
+    grace = s.stop_grace
+    if not (isinstance(grace, (int, float)) and not isinstance(grace, bool) and grace >= 0):
+        bad.append(f"hydra.sweeper.stop_grace={grace!r} is not allowed: use seconds >= 0")
     outage = s.outage_timeout
     if not (isinstance(outage, (int, float)) and not isinstance(outage, bool) and outage >= 0):
         bad.append(f"hydra.sweeper.outage_timeout={outage!r} is not allowed: use seconds >= 0 (0: do not wait)")

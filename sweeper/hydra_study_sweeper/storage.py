@@ -262,8 +262,7 @@ class Outage:
             if left <= 0 and not self.gave_up:
                 self.gave_up = (
                     f"unreachable for {_span(now - self.since)}, longer than hydra.sweeper.outage_timeout="
-                    f"{self.limit:g} s allows (last error: {lost_reason(err)}); everything stored before is "
-                    "kept: run the same command again once the server is back"
+                    f"{self.limit:g} s allows (last error: {lost_reason(err)})"
                 )
             if self.gave_up:
                 raise StorageFailure(self.shown, self.gave_up) from err

@@ -25,6 +25,7 @@ from .recovery import Heartbeat
 from .signals import exit_code, interrupting
 from .space import directions_of_study
 from .tracking import SweepTracker
+from .watchdog import Watchdog, Watched
 
 log = logging.getLogger(__name__)
 LAUNCHER_LOGGERS = (  # "Launching 1 jobs locally" and each job's overrides: the sweeper's lines say more
@@ -44,7 +45,7 @@ class StudySweeper:
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=task_function
+            config=config, hydra_context=hydra_context, task_function=Watched(task_function)
         )
         template = OmegaConf.to_container(config.hydra, resolve=False)["sweep"]["dir"]
         self.inputs = plan.Inputs(
@@ -77,9 +78,17 @@ class StudySweeper:
             write_member=lambda number, job: self.write_member(p, number, job),
             slots=Slots(list(p.gpu_slots)),
             tracking=SweepTracker(s, p.name) if (s.mlflow or s.tensorboard) else None,
+            watchdog=Watchdog(s.stall_timeout, s.trial_timeout, s.stop_grace),
         )
         if p.gpu_slots:
             say_slots(p.gpu_slots, s.n_jobs)
+        if s.stall_timeout and not r.launches.threaded:
+            log.warning(
+                "hydra.sweeper.stall_timeout=%g s is not watched: the basic launcher runs each job in this "
+                "process, where a hung job cannot be stopped (use a launcher with processes of its own: joblib, "
+                "submitit_local)",
+                s.stall_timeout,
+            )
         workers = worker_processes(self.inputs.launcher)
         if workers is not None and workers < r.capacity:
             log.warning(

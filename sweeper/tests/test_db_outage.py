@@ -75,7 +75,7 @@ def test_an_outage_longer_than_the_setting_ends_the_worker_and_the_same_command_
     out = finish(proc, 120)
     assert proc.returncode == 2, out
     assert "unreachable for" in out and "longer than hydra.sweeper.outage_timeout=4 s allows" in out, out
-    assert "run the same command again once the server is back" in out
+    assert "the trials stored so far are kept: run the same command again once the server is back" in out
     assert "Traceback" not in out
     server.start()
     before = [t for t in stored(server.url) if t.state == TrialState.COMPLETE]

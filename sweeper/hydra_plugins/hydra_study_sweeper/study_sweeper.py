@@ -82,6 +82,11 @@ class StudySweeperConf(SweeperConf):
     # summary); a trial whose job reports a step after `trial_timeout` is stopped, FAIL `timeout`
     timeout: float | None = None
     trial_timeout: float | None = None
+    # a job in a process of its own (joblib, submitit, ray) that reports no step for stall_timeout
+    # seconds, or runs stop_grace seconds past trial_timeout, is hung: its processes are stopped,
+    # its trials FAIL `hung: ...` with their last value (the in-process basic launcher cannot)
+    stall_timeout: float | None = None
+    stop_grace: float = 30
     max_failure_rate: float = 0.5  # share of this run's trials allowed to fail before the sweep stops
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (RDB storages)
     grace_period: int | None = None  # seconds without a heartbeat before a trial is stale; None = 2 intervals

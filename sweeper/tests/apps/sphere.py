@@ -35,6 +35,8 @@ def one(cfg: DictConfig, trial=None, report=None, out=None):
         deadline = time.monotonic() + 600
         while not os.path.exists(cfg.hold) and time.monotonic() < deadline:
             time.sleep(0.05)
+    if cfg.mode == "hang_first" and number == 0:  # one step, then hangs, with a child that hangs too
+        hang(report)
     if cfg.seconds:  # a job that takes time; trial 0 takes six times as long
         time.sleep(cfg.seconds * (6 if number == 0 else 1))
     value = train(cfg, value, report)
@@ -53,6 +55,20 @@ def one(cfg: DictConfig, trial=None, report=None, out=None):
     if cfg.mode == "raise_all":
         raise RuntimeError("this task always fails")
     return value
+
+
+def hang(report) -> None:
+    """Report one step, start a child process, then neither ends nor reports (a deadlocked loader)."""
+    import subprocess
+    import sys
+
+    if report is not None:
+        report(1, 5.0)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    out = hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
+    with open(os.path.join(out, "child.pid"), "w") as f:
+        f.write(str(child.pid))
+    time.sleep(600)
 
 
 def train(cfg: DictConfig, value: float, report) -> float:

@@ -1,0 +1,91 @@
+"""A hung trial is stopped, its processes with it; a trial whose joblib worker the kernel kills
+fails as killed, the trials caught up with it are queued again, and the sweep reaches its target.
+Real processes and signals, through Hydra's joblib launcher."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from hydra_study_sweeper.recovery import counts_toward_target
+from optuna.trial import TrialState
+
+from .helpers import finish, no_running, start, study, sweep, wait_until
+
+pytestmark = pytest.mark.slow
+
+JOBLIB = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has ended
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def job_pid(tmp_path, number: int) -> int | None:
+    path = tmp_path / "sweeps" / "sphere" / str(number) / ".sweeper-job.json"
+    try:
+        return json.loads(path.read_text())["pid"]
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.mark.parametrize("limit", ["hydra.sweeper.stall_timeout=3", "hydra.sweeper.trial_timeout=2"])
+def test_a_hung_trial_is_stopped_with_its_children_and_the_sweep_goes_on(tmp_path, limit):
+    args = (*JOBLIB, "mode=hang_first", "steps=2", "step_seconds=0.2", "hydra.sweeper.stop_grace=2", limit)
+    began = time.monotonic()
+    res = sweep(tmp_path, *args, "hydra.sweeper.n_trials=4", timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert time.monotonic() - began < 120  # not the 600 s the hung job would take
+    trials = study(tmp_path).trials
+    assert no_running(trials)
+    hung = trials[0]
+    assert hung.state == TrialState.FAIL
+    reason = hung.user_attrs["fail_reason"]
+    if "stall" in limit:
+        assert reason.startswith("hung: no step reported for ") and "(hydra.sweeper.stall_timeout=3 s)" in reason
+    else:
+        assert reason.startswith("hung: still running ") and "past hydra.sweeper.trial_timeout=2 s" in reason
+    assert reason.endswith("its processes were stopped")
+    assert hung.user_attrs["last_value"] == 5.0  # the one step it reported
+    assert counts_toward_target(hung)  # a trial that hangs would hang again: it is not rerun
+    assert sum(map(counts_toward_target, trials)) == 4
+    # the others completed; one still running in joblib's pool when it stopped the hung job's worker
+    # (the pool stops them all) is queued again
+    others = trials[1:]
+    assert all(t.state == TrialState.COMPLETE or t.user_attrs["fail_reason"] == "interrupted" for t in others)
+    assert sum(t.state == TrialState.COMPLETE for t in others) == 3
+    child = int((tmp_path / "sweeps" / "sphere" / "0" / "child.pid").read_text())
+    wait_until(lambda: not alive(child), None, "the hung job's child still runs", timeout=15)
+    assert "trial 0 hung: " in res.stdout + res.stderr
+
+
+def test_a_trial_whose_worker_is_killed_fails_as_killed_and_the_sweep_reaches_its_target(tmp_path):
+    args = (*JOBLIB, "steps=20", "step_seconds=0.25", "hydra.sweeper.n_trials=5")
+    proc = start(tmp_path, *args)
+    wait_until(lambda: job_pid(tmp_path, 1) and job_pid(tmp_path, 0), proc, "trials 0 and 1 never ran", timeout=120)
+    os.kill(job_pid(tmp_path, 1), signal.SIGKILL)  # as the kernel's out-of-memory killer does
+    out = finish(proc, 300)
+    assert proc.returncode == 0, out
+    trials = study(tmp_path).trials
+    assert no_running(trials)
+    killed = trials[1]
+    assert killed.state == TrialState.FAIL
+    assert killed.user_attrs["fail_reason"] == "killed by signal 9 (out of memory?)"
+    assert counts_toward_target(killed)
+    assert sum(map(counts_toward_target, trials)) == 5
+    # trial 0 ran beside it in joblib's pool, which stops every worker when one dies: it was queued
+    # again and a later trial ran its parameters, unless it had finished first
+    first = trials[0]
+    if first.state == TrialState.FAIL:
+        assert first.user_attrs["fail_reason"] == "interrupted"
+        assert any(t.params == first.params and t.state == TrialState.COMPLETE for t in trials[2:])
+        assert "trial 0 was lost when joblib stopped its worker pool" in out
+    else:
+        assert first.state == TrialState.COMPLETE
+    assert "Traceback" not in out
