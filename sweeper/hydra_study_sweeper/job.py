@@ -84,7 +84,16 @@ OUTAGE_ENV = "HYDRA_STUDY_SWEEPER_OUTAGE_TIMEOUT"  # seconds the job's reporter 
 STACK_ENV = "HYDRA_STUDY_SWEEPER_STACK"  # a stacked job's trial numbers, comma separated
 PRUNER_TARGETS = ("optuna.pruners.*", "hydra_study_sweeper.pruners.*")  # what a pruner config may name
 PRUNED_ATTR = "pruned_reason"  # set on the trial by the reporter when the pruner says stop
-IN_PROCESS: dict[str, Any] = {}  # in-memory studies, for jobs run in the sweeper's own process
+# the sweeper's open studies, for jobs run in its own process (the basic launcher): an in-memory
+# study, or one in a database, reported to without a second connection per job; with the pid that
+# opened it (a forked worker's copy of an engine must not be used)
+IN_PROCESS: dict[str, tuple[int, Any]] = {}
+
+
+def in_process(study: str) -> Any:
+    """The sweeper's own study object, when this job runs in the sweeper's process; else None."""
+    pid, found = IN_PROCESS.get(study, (None, None))
+    return found if pid == os.getpid() else None
 
 
 @dataclass(frozen=True)
@@ -138,7 +147,7 @@ def reporter(name: str = "value", unit: str = "step", trial: SweepTrial | None =
     (or for an unreachable study). `name` and `unit` are what the value and the step are called in
     a pruned trial's reason."""
     trial = trial or current_trial()
-    if trial is None or not (os.environ.get(STORAGE_ENV) or trial.study in IN_PROCESS):
+    if trial is None or not (os.environ.get(STORAGE_ENV) or in_process(trial.study) is not None):
         return None
     return Reporter(trial, name, unit)
 
@@ -154,15 +163,14 @@ class Reporter:
 
         self.name, self.unit, self.reason = name, unit, ""
         url = os.environ.get(STORAGE_ENV)
-        if url:
+        self.study = in_process(trial.study)
+        if self.study is None:
             from .storage import open_storage
 
             pruner = _pruner(os.environ.get(PRUNER_ENV))
             outage = float(os.environ.get(OUTAGE_ENV) or 0) or None
             storage = open_storage(url, None, None, quiet=True, outage_timeout=outage, patient_open=True)
             self.study = optuna.load_study(study_name=trial.study, storage=storage, pruner=pruner)
-        else:
-            self.study = IN_PROCESS[trial.study]
         self.trial = live_trial(self.study, trial.number)
         self.single = len(self.study.directions) == 1  # Optuna keeps intermediate values for one objective only
         limit = os.environ.get(TIMEOUT_ENV)

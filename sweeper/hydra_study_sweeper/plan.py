@@ -144,9 +144,13 @@ def sampler_factory(cfg: Any, grid: dict[str, list] | None) -> Callable[[int], A
         sampler = optuna.samplers.GridSampler(grid, seed=seed)
         return lambda _offset: sampler
 
+    # composed once: a sampler per trial (each seeded by its number) then costs only its constructor
+    make = instantiate(
+        cfg, _partial_=True, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+    )
+
     def make_sampler(offset: int) -> Any:
-        node = cfg if seed is None else OmegaConf.merge(cfg, {"seed": int(seed) + offset})
-        return instantiate(node, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
+        return make() if seed is None else make(seed=int(seed) + offset)
 
     return make_sampler
 

@@ -80,7 +80,7 @@ def load(parser: argparse.ArgumentParser, url: str, name: str | None) -> Any:
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         parser.error(f"--storage {url}: no such database file")
     storage = open_storage(url, heartbeat_interval=10, grace_period=None)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    names = optuna.get_all_study_names(storage)  # not the summaries: they read every trial of every study
     if name is None and len(names) == 1:
         name = names[0]
     if name not in names:

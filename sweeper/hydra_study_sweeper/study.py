@@ -43,9 +43,8 @@ def open_study(settings: Settings, plan: Plan, config: DictConfig) -> optuna.Stu
     except Exception as err:
         StorageFailure.raise_if_storage(err, settings.storage)
         raise
-    if plan.storage is None:
-        IN_PROCESS[plan.name] = study  # jobs in this process report to it directly
-    elif has_password(settings.storage):
+    IN_PROCESS[plan.name] = (os.getpid(), study)  # jobs in this process report to it directly
+    if plan.storage is not None and has_password(settings.storage):
         os.environ[STORAGE_ENV] = absolute(settings.storage)  # inherited by local jobs, never written to files
     mask_storage_in_jobs(settings, config)
     log.info(

@@ -37,6 +37,9 @@ class Layout:
     rerun_skip: tuple[str, ...] = ()  # config groups the config files do not select again
 
 
+TABLE_ROWS = 100  # trials in summary.md's table (the best first); summary.csv holds them all
+
+
 def rows_from_study(study: Any, columns: list[str]) -> list[dict[str, Any]]:
     """One row per trial, its columns from the user attributes the sweeper recorded."""
     rows = []
@@ -108,8 +111,10 @@ def write(rows: list[dict[str, Any]], out: Path, layout: Layout, study: Any = No
     out.mkdir(parents=True, exist_ok=True)
     done = [r for r in rows if r["state"] == "COMPLETE" and r["values"] and all(map(_finite, r["values"]))]
     front = pareto_front(done, layout.directions)
-    ranked = sorted(done, key=lambda r: (r not in front, *_sort_key(r["values"], layout.directions)))
-    others = sorted((r for r in rows if r not in ranked), key=lambda r: r["number"])
+    on_front = {r["number"] for r in front}
+    ranked = sorted(done, key=lambda r: (r["number"] not in on_front, *_sort_key(r["values"], layout.directions)))
+    in_ranked = {r["number"] for r in ranked}  # by number: comparing rows (dicts) made 10,000 trials take seconds
+    others = sorted((r for r in rows if r["number"] not in in_ranked), key=lambda r: r["number"])
     _write_csv(rows, out / "summary.csv", layout)
     title = title or (study.study_name if study is not None else f"{out.parent.name}/{out.name}")
     md = _markdown(ranked, others, front, rows, layout, title, _reruns(ranked, front, layout, title))
@@ -215,13 +220,15 @@ def _markdown(
     columns = [c for c in layout.columns if c not in names and any(r["columns"].get(c) is not None for r in rows)]
     head = ["trial", "state", *names, *columns, "steps", "seconds", "params"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * (len(head) - 1) + "---|"]
-    for r in [*ranked, *others]:
+    on_front = {r["number"] for r in front}
+    shown = [*ranked, *others]
+    for r in shown[:TABLE_ROWS]:
         params = ", ".join(f"{k}={fmt(k, v, {})}" for k, v in r["params"].items())
         if r["fail_reason"]:
             params += f" — {r['fail_reason']}"
         values = r["values"] or [None] * len(names)
         cells = [
-            f"{r['number']}{' *' if multi and r in front else ''}",
+            f"{r['number']}{' *' if multi and r['number'] in on_front else ''}",
             r["state"].lower(),
             *(spread(m, v, r["attrs"], layout.formats) for m, v in zip(names, values, strict=True)),
             *(fmt(c, r["columns"].get(c), layout.formats) for c in columns),
@@ -230,6 +237,9 @@ def _markdown(
             params,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if len(shown) > TABLE_ROWS:
+        more = len(shown) - TABLE_ROWS
+        lines += ["", f"... and {more} more trials, in the same order: summary.csv holds every trial."]
     lines += _best(ranked, front, layout, multi, reruns)
     return "\n".join(lines) + "\n"
 

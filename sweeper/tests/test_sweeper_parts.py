@@ -87,3 +87,44 @@ def test_a_ctrl_c_that_python_swallows_in_a_destructor_is_quiet_and_raised_at_th
         reached = True  # the interrupt did not come out of the destructor
         raise_pending()
     assert reached and reported == []
+
+
+def test_the_tally_counts_as_a_full_pass_would_while_trials_are_added_and_finish():
+    from hydra_study_sweeper.loop import Tally
+
+    study = optuna.create_study()
+    tally, rng = Tally(), __import__("random").Random(0)
+    for _ in range(300):
+        roll = rng.random()
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if roll < 0.4 or not running:
+            study.ask()
+        elif roll < 0.5:
+            study.enqueue_trial({})
+        else:
+            trial = rng.choice(running)
+            reason = rng.choice(["interrupted", "stale", "diverged"])
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            state = rng.choice([TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED])
+            values = [1.0] if state == TrialState.COMPLETE else None
+            study._storage.set_trial_state_values(trial._trial_id, state, values)
+        trials = study.get_trials(deepcopy=False)
+        tally.update(trials)
+        assert tally.counted == sum(map(counts_toward_target, trials))
+        assert tally.open == {t.number for t in trials if not t.state.is_finished()}
+        for number in (0, len(trials) // 2, len(trials)):
+            live = {t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
+            full = sum(t.number < number and (counts_toward_target(t) or t.number in live) for t in trials)
+            assert tally.live_below(trials, number) == full
+
+
+def test_a_long_summary_table_shows_the_best_hundred_and_the_csv_every_trial(tmp_path):
+    from hydra_study_sweeper.summary import Layout, rows_from_study, write
+
+    study = optuna.create_study()
+    study.add_trials([create_trial(value=float(v), params={}, distributions={}) for v in range(150)])
+    md = write(rows_from_study(study, []), tmp_path, Layout(["value"], ["minimize"], [], {}, None), study=study)
+    table = [line for line in md.splitlines() if line.startswith("| ") and "complete" in line]
+    assert len(table) == 100 and table[0].startswith("| 0 |") and table[-1].startswith("| 99 |")
+    assert "... and 50 more trials, in the same order: summary.csv holds every trial." in md
+    assert len((tmp_path / "summary.csv").read_text().splitlines()) == 151
