@@ -351,8 +351,11 @@ def surplus(r: Run, trial: optuna.Trial) -> bool:
 
 def collect(r: Run) -> None:
     """Tell the trials whose jobs ended (waiting a second for one); look at the study again after."""
-    for key, w in r.watchdog.look():
+    hung, gone = r.watchdog.look()
+    for key, w in hung:
         stop_hung(r, key, w)
+    for key, w in gone:  # stopped seconds ago; its launcher has not noticed yet (submitit polls)
+        abandon(r, key, JobLost(f"{w.hung}; its processes were stopped", last=True))
     ended = r.launches.wait(timeout=1.0)
     for first, ret in ended:
         if first in r.jobs:  # not a hung job on another machine, told when it was found
@@ -361,7 +364,7 @@ def collect(r: Run) -> None:
         r.scan = scan(r)  # the next decision's look, which the progress line reads too
         progress(r)
         r.stopping = r.stopping or len(r.failures) > r.allowed_failures
-    elif time.monotonic() - r.scan.at > max(5, r.settings.heartbeat_interval):
+    elif r.scan is not None and time.monotonic() - r.scan.at > max(5, r.settings.heartbeat_interval):
         r.scan = None  # other workers' trials may have gone stale
 
 
@@ -388,8 +391,13 @@ def stop_hung(r: Run, key: Any, w: watchdog.Watch) -> None:
         "the sweep goes on without it",
         w.host or "a machine it did not name",
     )
+    abandon(r, key, JobLost(w.hung, last=True))
+
+
+def abandon(r: Run, key: Any, lost: JobLost) -> None:
+    """Tell a job's trials without waiting for its launcher (whose late return is then ignored)."""
     r.watchdog.ended(key)
-    job_ended(r, key, JobLost(w.hung, last=True))
+    job_ended(r, key, lost)
     r.scan = None
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 JOB_FILE = ".sweeper-job.json"  # in each job's folder: {"host": ..., "pid": ...}; touched at each step
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL of a hung job's processes
+GIVE_UP = 3.0  # seconds after the SIGKILL: the stopped job's trials are told without its launcher's word
 POOL_DEATHS: dict[int, int] = {}  # joblib worker pid -> exit code, for workers that died on their own
 _touched: str | None = None  # this job's file, in the job's process
 
@@ -76,6 +77,7 @@ class Watch:
     stepped: float | None = None  # time.monotonic() that mtime was first seen changed
     hung: str | None = None  # why it was stopped
     kill_at: float | None = None  # SIGKILL what is left of it then
+    given_up: float | None = None  # stopped: its trials are told then, if its launcher has not returned
 
 
 class Watchdog:
@@ -94,25 +96,28 @@ class Watchdog:
     def ended(self, key: Any) -> Watch | None:
         return self.jobs.pop(key, None)
 
-    def look(self, now: float | None = None) -> list[tuple[Any, Watch]]:
-        """The jobs found hung since the last look (stopped here, or on another machine), at most
-        once a second."""
+    def look(self, now: float | None = None) -> tuple[list[tuple[Any, Watch]], list[tuple[Any, Watch]]]:
+        """The jobs found hung since the last look, and those stopped whose launcher has not returned
+        within KILL_AFTER + GIVE_UP seconds; at most once a second."""
         now = time.monotonic() if now is None else now
         if now - self.looked < 1:
-            return []
+            return [], []
         self.looked = now
-        hung = []
+        hung, gone = [], []
         for key, w in self.jobs.items():
             read(w, now)
             if w.kill_at is not None and now >= w.kill_at:
                 w.kill_at = None
                 stop_tree(w.pid, signal.SIGKILL)
+            if w.given_up is not None and now >= w.given_up:
+                w.given_up = None
+                gone.append((key, w))  # stopped, and its launcher is slow to say so (submitit polls)
             if w.hung or w.started is None or not self.active:
                 continue
             w.hung = self.reason(w, now)
             if w.hung:
                 hung.append((key, w))
-        return hung
+        return hung, gone
 
     def reason(self, w: Watch, now: float) -> str | None:
         quiet = now - (w.stepped or w.started)
@@ -133,6 +138,7 @@ class Watchdog:
         n = stop_tree(w.pid, signal.SIGTERM)
         log.info("stopped process %d and %d process(es) it started (SIGTERM; SIGKILL in %g s)", w.pid, n, KILL_AFTER)
         w.kill_at = time.monotonic() + KILL_AFTER
+        w.given_up = w.kill_at + GIVE_UP
         return True
 
 

@@ -65,6 +65,21 @@ def test_a_hung_trial_is_stopped_with_its_children_and_the_sweep_goes_on(tmp_pat
     assert "trial 0 hung: " in res.stdout + res.stderr
 
 
+def test_a_hung_submitit_job_is_stopped_and_told_without_waiting_for_submitit_to_notice(tmp_path):
+    # submitit polls its jobs: its word that the stopped job ended comes many seconds later, so the
+    # trial is told a few seconds after the SIGKILL (the late word is ignored)
+    args = ("hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "mode=hang_first", "steps=2", "step_seconds=0.2")
+    res = sweep(tmp_path, *args, "hydra.sweeper.stall_timeout=4", "hydra.sweeper.n_trials=3", timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    trials = study(tmp_path).trials
+    assert no_running(trials) and sum(map(counts_toward_target, trials)) == 3
+    assert trials[0].user_attrs["fail_reason"].startswith("hung: no step reported for ")
+    assert trials[0].user_attrs["last_value"] == 5.0
+    child = int((tmp_path / "sweeps" / "sphere" / "0" / "child.pid").read_text())
+    wait_until(lambda: not alive(child), None, "the hung job's child still runs", timeout=15)
+    assert "Traceback" not in res.stdout + res.stderr
+
+
 def test_a_trial_whose_worker_is_killed_fails_as_killed_and_the_sweep_reaches_its_target(tmp_path):
     args = (*JOBLIB, "steps=20", "step_seconds=0.25", "hydra.sweeper.n_trials=5")
     proc = start(tmp_path, *args)
