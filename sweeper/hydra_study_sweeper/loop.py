@@ -351,7 +351,7 @@ def surplus(r: Run, trial: optuna.Trial) -> bool:
 
 def collect(r: Run) -> None:
     """Tell the trials whose jobs ended (waiting a second for one); look at the study again after."""
-    hung, gone = r.watchdog.look()
+    hung, gone = r.watchdog.look(paused=recovery.storage_away(r.plan.storage))
     for key, w in hung:
         stop_hung(r, key, w)
     for key, w in gone:  # stopped seconds ago; its launcher has not noticed yet (submitit polls)

@@ -97,14 +97,25 @@ def fail_stale_trials(study: optuna.Study, raw: Any) -> None:
         requeue(study, trial)
 
 
+def storage_away(raw: Any) -> bool:
+    """Whether the database server is away now, or back less than a grace period ago: jobs wait in
+    their reports meanwhile, so their silence is not a hang."""
+    outage = getattr(raw, "outage", None)
+    return outage is not None and (outage.since is not None or just_back(raw))
+
+
 def just_back(raw: Any) -> bool:
-    """Whether the database server came back from an outage less than a grace period ago: every
-    worker's heartbeats stopped with it, so none is stale until they had the time to beat again."""
+    """Whether the database server came back from an outage less than a grace period (plus the
+    longest wait between two tries) ago: every worker's heartbeats stopped with it, and another
+    worker may find the server back up to MAX_BACKOFF seconds later; none is stale until they had
+    the time to beat again."""
+    from .storage import MAX_BACKOFF
+
     outage = getattr(raw, "outage", None)
     if outage is None or outage.ended is None:
         return False
     grace = raw.grace_period or 2 * raw.get_heartbeat_interval()
-    return time.monotonic() - outage.ended < grace
+    return time.monotonic() - outage.ended < grace + MAX_BACKOFF
 
 
 def _dead_here(study: optuna.Study) -> set[int]:

@@ -96,16 +96,22 @@ class Watchdog:
     def ended(self, key: Any) -> Watch | None:
         return self.jobs.pop(key, None)
 
-    def look(self, now: float | None = None) -> tuple[list[tuple[Any, Watch]], list[tuple[Any, Watch]]]:
+    def look(
+        self, now: float | None = None, paused: bool = False
+    ) -> tuple[list[tuple[Any, Watch]], list[tuple[Any, Watch]]]:
         """The jobs found hung since the last look, and those stopped whose launcher has not returned
-        within KILL_AFTER + GIVE_UP seconds; at most once a second."""
+        within KILL_AFTER + GIVE_UP seconds; at most once a second. `paused`: the storage is away
+        (jobs wait in their reports), and the time since the last look does not count."""
         now = time.monotonic() if now is None else now
         if now - self.looked < 1:
             return [], []
-        self.looked = now
+        since, self.looked = now - self.looked, now
         hung, gone = [], []
         for key, w in self.jobs.items():
             read(w, now)
+            if paused and w.started is not None:
+                w.started += since
+                w.stepped = w.stepped + since if w.stepped is not None else None
             if w.kill_at is not None and now >= w.kill_at:
                 w.kill_at = None
                 stop_tree(w.pid, signal.SIGKILL)

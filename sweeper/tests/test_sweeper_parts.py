@@ -128,3 +128,20 @@ def test_a_long_summary_table_shows_the_best_hundred_and_the_csv_every_trial(tmp
     assert len(table) == 100 and table[0].startswith("| 0 |") and table[-1].startswith("| 99 |")
     assert "... and 50 more trials, in the same order: summary.csv holds every trial." in md
     assert len((tmp_path / "summary.csv").read_text().splitlines()) == 151
+
+
+def test_the_watchdog_finds_a_silent_job_but_not_while_the_storage_is_away(tmp_path):
+    import json
+
+    from hydra_study_sweeper.watchdog import JOB_FILE, Watchdog
+
+    (tmp_path / JOB_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    dog = Watchdog(stall_timeout=10, trial_timeout=None, stop_grace=30)
+    dog.started("job", tmp_path)
+    assert dog.look(now=100.0) == ([], [])  # first seen: it runs from now
+    assert dog.look(now=108.0) == ([], [])
+    assert dog.look(now=130.0, paused=True) == ([], [])  # 22 s of outage: jobs wait in report()
+    [(key, w)], gone = dog.look(now=135.0)
+    assert key == "job" and not gone
+    assert w.hung == "hung: no step reported for 13 s (hydra.sweeper.stall_timeout=10 s)"
+    assert not dog.stop(w)  # on another machine: not stopped from here
