@@ -202,7 +202,7 @@ def _rdb(
 
 class Outage:
     """A database server that went away, as the threads of one process see it: one line when it
-    goes, one when it is back; calls wait with backoff (1, 2, 4 ... 30 s) until `limit` seconds
+    goes, one when it is back; calls wait with backoff (1 s, x1.5 up to 15 s) until `limit` seconds
     have passed since it went, then every call fails at once with a StorageFailure (exit 2). One per
     server and process (`Outage.of`): the sweeper and a job in its process wait together."""
 
@@ -231,8 +231,9 @@ class Outage:
                 result = method(*args, **kwargs)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # a state change that reached the server just before the connection dropped: the
-                # retry finds the trial finished; only this worker tells its own trials
-                if retried and name == "set_trial_state_values":
+                # retry finds the trial finished, in the state it asked for (else another worker
+                # finished it meanwhile, and the error stands)
+                if retried and name == "set_trial_state_values" and _reached(*args, **kwargs):
                     return True
                 raise
             except Exception as err:
@@ -274,6 +275,12 @@ class Outage:
                 return
             log.warning("the storage %s answers again after %s", self.shown, _span(time.monotonic() - self.since))
             self.since, self.ended = None, time.monotonic()
+
+
+def _reached(storage: Any, trial_id: int, state: Any, values: Any = None, **_: Any) -> bool:
+    """Whether the trial is stored in `state` (with `values`): set_trial_state_values took effect."""
+    stored = optuna.storages.RDBStorage.get_trial(storage, trial_id)
+    return stored.state == state and (values is None or list(stored.values or []) == list(values))
 
 
 def transient(err: BaseException) -> bool:

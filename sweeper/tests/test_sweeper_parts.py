@@ -145,3 +145,37 @@ def test_the_watchdog_finds_a_silent_job_but_not_while_the_storage_is_away(tmp_p
     assert key == "job" and not gone
     assert w.hung == "hung: no step reported for 13 s (hydra.sweeper.stall_timeout=10 s)"
     assert not dog.stop(w)  # on another machine: not stopped from here
+
+
+def test_a_lost_connection_is_waited_for_and_a_long_outage_ends_in_a_storage_failure(caplog):
+    import sqlalchemy
+    from hydra_study_sweeper.errors import StorageFailure
+    from hydra_study_sweeper.storage import Outage
+
+    lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+    calls = []
+
+    def flaky(answer):
+        calls.append(answer)
+        if len(calls) < 3:
+            raise optuna.exceptions.StorageInternalError("during the commit") from lost
+        return answer
+
+    outage = Outage("postgresql://db/x", limit=60)
+    with caplog.at_level("WARNING"):
+        assert outage.call("get_trial", flaky, 42) == 42
+    assert len(calls) == 3 and outage.since is None and outage.ended is not None
+    said = [r.getMessage() for r in caplog.records]
+    assert any("is unreachable (connection refused): waiting up to 60 s" in m for m in said)
+    assert any("answers again after" in m for m in said)
+    with pytest.raises(ValueError):  # not a lost connection: raised at once
+        outage.call("get_trial", lambda: (_ for _ in ()).throw(ValueError("bad")))
+
+    def down():
+        raise lost
+
+    short = Outage("postgresql://db/y", limit=0.5)
+    with pytest.raises(StorageFailure, match=r"unreachable for .*outage_timeout=0.5 s allows \(last error: conn"):
+        short.call("get_trial", down)
+    with pytest.raises(StorageFailure):  # given up: later calls fail at once, without waiting
+        short.call("get_trial", lambda: 1)
