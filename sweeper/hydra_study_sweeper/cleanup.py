@@ -40,6 +40,8 @@ def after_storage_failure(r: Run, err: StorageFailure) -> SweepExit:
     advice = "the trials stored so far are kept: free space or reconnect, then run the same command again"
     if "unreachable for" in err.reason:  # a server that went away and did not come back in time
         advice = "the trials stored so far are kept: run the same command again once the server is back"
+    if "vanished" in err.reason:
+        advice = "its trials are lost with the server's data: switch the server's persistence on before the next sweep"
     return SweepExit(2, f"{err}; {advice}")
 
 

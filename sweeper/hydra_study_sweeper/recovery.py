@@ -114,7 +114,8 @@ def just_back(raw: Any) -> bool:
     outage = getattr(raw, "outage", None)
     if outage is None or outage.ended is None:
         return False
-    grace = raw.grace_period or 2 * raw.get_heartbeat_interval()
+    beat = raw.get_heartbeat_interval() if heartbeat_enabled(raw) else None  # none on Redis
+    grace = getattr(raw, "grace_period", None) or 2 * (beat or 10)
     return time.monotonic() - outage.ended < grace + MAX_BACKOFF
 
 

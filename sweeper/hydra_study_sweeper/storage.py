@@ -90,7 +90,7 @@ def open_storage(
     if url.startswith("journal:"):
         return _journal_file(Path(url.removeprefix("journal:")), quiet)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        return _redis(url, quiet)
+        return _redis(url, quiet, outage_timeout)
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
@@ -214,6 +214,7 @@ class Outage:
         self.since: float | None = None  # time.monotonic() of the first failed call
         self.gave_up: str | None = None  # the message, once waiting stopped
         self.ended: float | None = None  # time.monotonic() the server answered again (for stale checks)
+        self.before_retry: Any = None  # () -> None, run before each retry (may give up for good)
 
     @classmethod
     def of(cls, shown: str, limit: float) -> Outage:
@@ -228,6 +229,8 @@ class Outage:
             if self.gave_up:
                 raise StorageFailure(self.shown, self.gave_up)
             try:
+                if retried and self.before_retry is not None:
+                    self.before_retry()
                 result = method(*args, **kwargs)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # a state change that reached the server just before the connection dropped: the
@@ -279,7 +282,7 @@ class Outage:
 
 def _reached(storage: Any, trial_id: int, state: Any, values: Any = None, **_: Any) -> bool:
     """Whether the trial is stored in `state` (with `values`): set_trial_state_values took effect."""
-    stored = optuna.storages.RDBStorage.get_trial(storage, trial_id)
+    stored = type(storage).__bases__[0].get_trial(storage, trial_id)  # Optuna's own, not waiting again
     return stored.state == state and (values is None or list(stored.values or []) == list(values))
 
 
@@ -294,6 +297,8 @@ def transient(err: BaseException) -> bool:
             return True
         if isinstance(err, sqlalchemy.exc.DBAPIError) and err.connection_invalidated:
             return True
+        if type(err).__module__.startswith("redis") and type(err).__name__ in REDIS_LOST:
+            return True
         err = err.__cause__ or err.__context__
     return False
 
@@ -305,8 +310,13 @@ def lost_reason(err: BaseException) -> str:
         seen.add(id(err))
         if isinstance(err, sqlalchemy.exc.DBAPIError) and err.orig is not None:
             return " ".join(str(err.orig).split())[:300]
+        if type(err).__module__.startswith("redis"):
+            return " ".join(str(err).split())[:300]
         err = err.__cause__ or err.__context__
     return reason_of(err) if err is not None else "connection lost"
+
+
+REDIS_LOST = ("ConnectionError", "TimeoutError", "BusyLoadingError")  # redis-py's errors of a server away or loading
 
 
 def _span(seconds: float) -> str:
@@ -330,11 +340,26 @@ class PatientRDBStorage(optuna.storages.RDBStorage):
         self.outage = Outage("the storage", 0)  # not Outage.of: a copy is not the process's storage
 
 
-def _patient(name: str) -> Any:
-    method = getattr(optuna.storages.RDBStorage, name)
+class PatientJournalStorage(optuna.storages.JournalStorage):
+    """Optuna's journal storage on Redis whose calls wait out a restart of the server (Outage)."""
+
+    outage: Outage
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("outage", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.outage = Outage("the storage", 0)  # not Outage.of: a copy is not the process's storage
+
+
+def _patient(name: str, base: type = optuna.storages.RDBStorage) -> Any:
+    method = getattr(base, name)
 
     @functools.wraps(method)
-    def call(self: PatientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         return self.outage.call(name, method, self, *args, **kwargs)
 
     return call
@@ -373,6 +398,8 @@ for _name in (
     "_get_stale_trial_ids",
 ):
     setattr(PatientRDBStorage, _name, _patient(_name))
+    if _name in vars(optuna.storages.JournalStorage):  # its public methods (no private ones)
+        setattr(PatientJournalStorage, _name, _patient(_name, optuna.storages.JournalStorage))
 
 
 def _lost_creation_race(err: Exception) -> bool:
@@ -382,7 +409,7 @@ def _lost_creation_race(err: Exception) -> bool:
     return isinstance(err, sqlalchemy.exc.IntegrityError) or "already exists" in text or "duplicate" in text
 
 
-def _redis(url: str, quiet: bool = False) -> Any:
+def _redis(url: str, quiet: bool = False, outage_timeout: float | None = OUTAGE_TIMEOUT) -> Any:
     try:
         import redis
     except ImportError:
@@ -397,10 +424,31 @@ def _redis(url: str, quiet: bool = False) -> Any:
         raise UserError(f"cannot use the storage {masked(url)}: {scrub(str(err), url)}") from None
     if not quiet:
         warn_if_volatile(client, url)
+    shown = masked(url)
     if "socket_timeout=" not in url:  # a server that stops answering must not hang the sweep
         sep = "&" if "?" in url else "?"
         url = f"{url}{sep}socket_connect_timeout={CONNECT_TIMEOUT}&socket_timeout={STATEMENT_TIMEOUT}"
-    return optuna.storages.JournalStorage(JournalRedisBackend(url))
+    storage = optuna.storages.JournalStorage(JournalRedisBackend(url))
+    if outage_timeout:  # a restart of the server (with persistence) is waited for, as a database's
+        storage.__class__ = PatientJournalStorage
+        storage.outage = outage = Outage.of(shown, outage_timeout)
+        outage.before_retry = lambda: stop_if_vanished(storage, outage)
+    return storage
+
+
+def stop_if_vanished(storage: Any, outage: Outage) -> None:
+    """Before a call is tried again on a Redis server that came back: one that came back empty
+    (no persistence) has lost the study, and nothing more is written into it."""
+    if _vanished(storage, storage._backend._redis.get):
+        with outage.lock:
+            outage.gave_up = VANISHED
+        raise StorageFailure(outage.shown, VANISHED)
+
+
+VANISHED = (
+    "the study vanished (the server restarted without persistence, or was flushed): this worker "
+    "stops rather than go on in an empty study of the same name"
+)
 
 
 def warn_if_volatile(client: Any, url: str) -> None:
@@ -424,11 +472,21 @@ def vanished(storage: Any) -> bool:
     """Whether the Redis journal under this storage is gone (its server restarted empty, or was
     flushed) after the study was opened: going on would write into an empty study of the same name."""
     backend = getattr(storage, "_backend", None)  # JournalStorage keeps its backend and replay state private
-    client, prefix = getattr(backend, "_redis", None), getattr(backend, "_prefix", "")
+    client = getattr(backend, "_redis", None)
     replay = getattr(storage, "_replay_result", None)
     if client is None or replay is None or replay.log_number_read == 0:
         return False
-    stored = client.get(f"{prefix}:log_number")  # the last log's number; this process has read up to log_number_read
+    outage = getattr(storage, "outage", None)  # a server restarting is waited for first
+    get = client.get if outage is None else functools.partial(outage.call, "log_number", client.get)
+    return _vanished(storage, get)
+
+
+def _vanished(storage: Any, get: Any) -> bool:
+    backend, replay = storage._backend, storage._replay_result
+    if replay.log_number_read == 0:
+        return False
+    # the last log's number; this process has read up to log_number_read
+    stored = get(f"{getattr(backend, '_prefix', '')}:log_number")
     return stored is None or int(stored) + 1 < replay.log_number_read
 
 

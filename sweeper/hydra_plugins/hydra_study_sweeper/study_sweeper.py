@@ -90,7 +90,7 @@ class StudySweeperConf(SweeperConf):
     max_failure_rate: float = 0.5  # share of this run's trials allowed to fail before the sweep stops
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (RDB storages)
     grace_period: int | None = None  # seconds without a heartbeat before a trial is stale; None = 2 intervals
-    # seconds a database server (PostgreSQL, MySQL / MariaDB) that went away mid-sweep is waited for,
+    # seconds a database server (PostgreSQL, MySQL / MariaDB, Redis) that went away mid-sweep is waited for,
     # retrying with backoff; longer ends the worker with exit 2, all stored kept; 0 = not at all
     outage_timeout: float = 600
     # parameters that exist only when others take certain values: {optimizer.momentum: optimizer=sgd,
