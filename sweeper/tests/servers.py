@@ -106,6 +106,20 @@ class Postgres(Server):
             [str(self.bin / "postgres"), "-D", str(self.folder / "data"), "-p", str(self.port), *options]
         )
 
+    def start(self) -> None:
+        super().start()
+        import psycopg
+
+        deadline = time.monotonic() + 60
+        while True:  # after a crash the port opens before recovery ends ("not yet accepting connections")
+            try:
+                psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres").close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def stop(self, sig: int = signal.SIGINT) -> None:
         """SIGINT: PostgreSQL's fast shutdown (every client disconnected at once)."""
         super().stop(sig)
