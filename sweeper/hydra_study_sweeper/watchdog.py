@@ -77,6 +77,7 @@ class Watch:
     stepped: float | None = None  # time.monotonic() that mtime was first seen changed
     hung: str | None = None  # why it was stopped
     kill_at: float | None = None  # SIGKILL what is left of it then
+    tree: tuple[int, ...] = ()  # its processes when stopped (children outlive a parent that dies)
     given_up: float | None = None  # stopped: its trials are told then, if its launcher has not returned
 
 
@@ -94,7 +95,13 @@ class Watchdog:
         self.jobs[key] = Watch(folder)
 
     def ended(self, key: Any) -> Watch | None:
-        return self.jobs.pop(key, None)
+        """The job is over: no longer watched. What is left of a stopped one (a child that ignored
+        SIGTERM and outlived it) is killed now rather than at its SIGKILL time."""
+        w = self.jobs.pop(key, None)
+        if w is not None and w.kill_at is not None:
+            w.kill_at = None
+            signal_all(w.tree, signal.SIGKILL)
+        return w
 
     def look(
         self, now: float | None = None, paused: bool = False
@@ -114,7 +121,7 @@ class Watchdog:
                 w.stepped = w.stepped + since if w.stepped is not None else None
             if w.kill_at is not None and now >= w.kill_at:
                 w.kill_at = None
-                stop_tree(w.pid, signal.SIGKILL)
+                signal_all(w.tree, signal.SIGKILL)
             if w.given_up is not None and now >= w.given_up:
                 w.given_up = None
                 gone.append((key, w))  # stopped, and its launcher is slow to say so (submitit polls)
@@ -141,7 +148,9 @@ class Watchdog:
         """Stop a hung job's processes; False when they run on another machine."""
         if w.host != socket.gethostname() or w.pid is None:
             return False
-        n = stop_tree(w.pid, signal.SIGTERM)
+        w.tree = (*children(w.pid), w.pid)
+        signal_all(w.tree, signal.SIGTERM)
+        n = len(w.tree) - 1
         log.info("stopped process %d and %d process(es) it started (SIGTERM; SIGKILL in %g s)", w.pid, n, KILL_AFTER)
         w.kill_at = time.monotonic() + KILL_AFTER
         w.given_up = w.kill_at + GIVE_UP
@@ -184,15 +193,11 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def stop_tree(pid: int | None, sig: int) -> int:
-    """Send `sig` to a process's descendants, then to it; the number of descendants."""
-    if pid is None:
-        return 0
-    tree = children(pid)
-    for p in [*tree, pid]:
+def signal_all(pids: tuple[int, ...], sig: int) -> None:
+    """Send `sig` to each process (descendants first); those gone already are skipped."""
+    for p in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p, sig)
-    return len(tree)
 
 
 def killed_reason(code: int) -> str:

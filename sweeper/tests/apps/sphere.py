@@ -58,13 +58,15 @@ def one(cfg: DictConfig, trial=None, report=None, out=None):
 
 
 def hang(report) -> None:
-    """Report one step, start a child process, then neither ends nor reports (a deadlocked loader)."""
+    """Report one step, start a child process that ignores SIGTERM, then neither end nor report (a
+    deadlocked loader)."""
     import subprocess
     import sys
 
     if report is not None:
         report(1, 5.0)
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    child = subprocess.Popen([sys.executable, "-c", code])
     out = hydra.core.hydra_config.HydraConfig.get().runtime.output_dir
     with open(os.path.join(out, "child.pid"), "w") as f:
         f.write(str(child.pid))
