@@ -51,7 +51,7 @@ def train_one(cfg: DictConfig) -> float | tuple[float, ...] | dict[int, Any]:
     threads = set_threads(cfg.trainer.threads, parallel_jobs(hydra_cfg, cores()))
     splits = data.load(cfg.data, cfg.data_size, cfg.trainer.seed, device)
     _seed(init_seed(cfg))
-    model = build(splits.in_features, splits.n_classes, **cfg.model)
+    model = build(splits.in_features, splits.n_classes, **cfg.model, projection=splits.basis)
     trial = job.current_trial()
     if hydra_cfg.mode == RunMode.MULTIRUN and not cfg.verbose:
         quiet_console()
@@ -173,7 +173,7 @@ def _train_stream(members: list[Any], device: Any) -> None:
     for member in alone:  # a model the stack does not batch: trained as a single run would be
         c = member.cfg
         _seed(init_seed(c))
-        member.model = build(splits.in_features, splits.n_classes, **c.model)
+        member.model = build(splits.in_features, splits.n_classes, **c.model, projection=splits.basis)
         member.metrics = fit(member.model, splits, instantiate_optimizer(c), c.trainer, c.augment, member.on_epoch)
 
 

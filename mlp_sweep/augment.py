@@ -17,6 +17,11 @@ class Batcher:
     Selection and crop cost one copy: the crop is an index into a view of every window of
     the padded training set (unfold), not a gather per pixel; the flip then rewrites only the
     mirrored images of the fresh batch.
+
+    flip="alternate": each image is mirrored in every other epoch, by a coin tossed once per image
+    at the first batch (so every image is seen both ways in any two epochs in a row, where random
+    flips repeat one side half the time). The epoch is counted from the images served: an epoch
+    is one pass over the training split.
     """
 
     def __init__(
@@ -26,7 +31,7 @@ class Batcher:
         mean: torch.Tensor,
         std: torch.Tensor,
         max_value: float,
-        flip: bool,
+        flip: bool | str,
         crop_padding: int,
         brightness: float,
         saturation: float,
@@ -37,6 +42,8 @@ class Batcher:
         self.brightness, self.saturation = brightness, saturation if x.shape[1] == 3 else 0.0
         self.x = x
         self.windows = crop_windows(x, crop_padding) if crop_padding > 0 else None
+        self.sides: torch.Tensor | None = None  # flip="alternate": each image's side in even epochs
+        self.served = 0
 
     def __call__(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """x: standardized NCHW images at idx, transformed with draws from g."""
@@ -45,7 +52,9 @@ class Batcher:
         else:
             dy, dx = torch.randint(0, 2 * self.pad + 1, (2, len(idx)), device=idx.device, generator=g)
             x = self.windows[idx, :, dy, dx]
-        if self.flip:
+        if self.flip == "alternate":
+            x = self._alternate(x, idx, g)
+        elif self.flip:
             x = random_flip(x, g)  # x is a fresh copy here, never the training set
         if self.brightness > 0 or self.saturation > 0:
             raw = colour_jitter(x * self.std + self.mean, self.brightness, self.saturation, self.max_value, g)
@@ -53,6 +62,15 @@ class Batcher:
         if self.rotation > 0:
             x = random_rotation(x, self.rotation, g)
         return x
+
+    def _alternate(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n = len(self.x)
+        if self.sides is None:
+            self.sides = torch.rand(n, device=idx.device, generator=g) < 0.5
+        odd = (self.served // n) % 2 == 1
+        self.served += len(idx)
+        chosen = (self.sides[idx] ^ odd).nonzero().squeeze(1)
+        return x.index_copy_(0, chosen, x.index_select(0, chosen).flip(3))
 
 
 def _uniform(n: int, low: float, high: float, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

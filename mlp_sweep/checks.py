@@ -44,6 +44,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.name": (_one_of("cifar10", "digits"), "cifar10 or digits"),
     "data.whiten": (_one_of(*WHITENING), "one of " + ", ".join(WHITENING)),
     "data.whiten_eps": (lambda v: _number(v) and v > 0, "a number > 0 (added to each eigenvalue)"),
+    "data.project": (_int_at_least(0), "an integer >= 0 (principal components the MLP sees; 0 = every input)"),
     "data_size.train": (_int_at_least(1), "an integer >= 1"),
     "data_size.val": (_int_at_least(1), "an integer >= 1"),
     "model.num_layers": (_int_at_least(1), "an integer >= 1 (Linear layers; 2 = one hidden layer)"),
@@ -51,11 +52,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.activation": (_one_of(*ACTIVATIONS), "one of " + ", ".join(ACTIVATIONS)),
     "model.norm": (_one_of(*NORMS), "one of " + ", ".join(NORMS)),
     "model.dropout": (_within(0, 1), "a number in [0, 1)"),
+    "model.block": (_one_of("plain", "residual"), "plain or residual"),
+    "model.expansion": (_int_at_least(1), "an integer >= 1 (a residual block's inner width / hidden_size)"),
     "optimizer.lr": (lambda v: _number(v) and v > 0, "a number > 0"),
     "optimizer.weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "optimizer.momentum": (_within(0, 1), "a number in [0, 1)"),
     "optimizer.nesterov": (lambda v: isinstance(v, bool), "true or false"),
-    "augment.flip": (lambda v: isinstance(v, bool), "true or false"),
+    "augment.flip": (lambda v: isinstance(v, bool) or v == "alternate", "true, false or alternate"),
     "augment.crop_padding": (_int_at_least(0), "an integer >= 0 (pixels)"),
     "augment.brightness": (_within(0, 1), "a number in [0, 1)"),
     "augment.saturation": (_within(0, 1), "a number in [0, 1)"),
@@ -75,9 +78,17 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.init_seed": (lambda v: v is None or _int_at_least(0)(v), "null (= trainer.seed) or an integer >= 0"),
     "trainer.ema": (lambda v: v is None or _within(0, 1)(v) and v > 0, "null (off) or a decay in (0, 1), e.g. 0.999"),
     "trainer.tta": (lambda v: isinstance(v, bool), "true or false"),
+    "trainer.tta_shift": (_int_at_least(0), "an integer >= 0 (pixels; 0 = the mirror image only)"),
 }
 # options that move pixels or work in pixel units, which whitening replaces (PCA: by components)
-SPATIAL = ("augment.flip", "augment.crop_padding", "augment.rotation", "augment.cutmix", "trainer.tta")
+SPATIAL = (
+    "augment.flip",
+    "augment.crop_padding",
+    "augment.rotation",
+    "augment.cutmix",
+    "trainer.tta",
+    "trainer.tta_shift",
+)
 COLOUR = ("augment.brightness", "augment.saturation")
 
 
@@ -94,6 +105,9 @@ def problems(cfg: DictConfig) -> list[str]:
     if nesterov is True and _number(momentum) and momentum <= 0:
         found.append(f"optimizer.nesterov=True needs optimizer.momentum > 0, got {momentum!r}")
     found += _whitening_problems(cfg)
+    shift = OmegaConf.select(cfg, "trainer.tta_shift", default=0)
+    if _int_at_least(1)(shift) and OmegaConf.select(cfg, "trainer.tta") is not True:
+        found.append(f"trainer.tta_shift={shift} needs trainer.tta=true (the shifted views join the mirror image)")
     found += _objective_problems(OmegaConf.select(cfg, "optimized_metric", default=_ABSENT))
     device = OmegaConf.select(cfg, "trainer.device")
     if _device(device) and device.startswith("cuda"):

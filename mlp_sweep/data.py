@@ -66,6 +66,7 @@ class Splits:
     max_value: float
     classes: tuple[str, ...]
     whiten: str = "none"  # none | pca | zca, fitted on x_train after the standardization
+    basis: torch.Tensor | None = None  # data.project: (in_features, N), the first N principal directions
 
     @property
     def in_features(self) -> int:
@@ -84,11 +85,20 @@ def load(data: Any, size: Any, seed: int, device: torch.device | str) -> Splits:
     n_train, n_val = _sizes(raw, int(size.train), int(size.val), data.name, data.scale_to_fit)
     whiten = str(data.get("whiten") or "none")
     eps = float(data.get("whiten_eps", 1.0)) if whiten != "none" else 0.0
-    return _splits(key, n_train, n_val, int(seed), str(device), whiten, eps)
+    project = int(data.get("project") or 0)
+    pixels = int(np.prod(raw.x_train.shape[1:]))
+    if project > pixels:
+        raise UserError(
+            f"data.project={project} exceeds the {pixels} inputs of data={data.name}: "
+            f"choose 0 (every input) up to {pixels}"
+        )
+    return _splits(key, n_train, n_val, int(seed), str(device), whiten, eps, project)
 
 
 @functools.lru_cache(maxsize=2)
-def _splits(key: tuple, n_train: int, n_val: int, seed: int, device: str, whiten: str, eps: float) -> Splits:
+def _splits(
+    key: tuple, n_train: int, n_val: int, seed: int, device: str, whiten: str, eps: float, project: int = 0
+) -> Splits:
     raw = _raw(*key)
     train_idx, val_idx = stratified_split(raw.y_train, n_train, n_val, seed)
     x_train = _to_nchw(raw.x_train[train_idx], device)
@@ -96,9 +106,17 @@ def _splits(key: tuple, n_train: int, n_val: int, seed: int, device: str, whiten
     std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
 
     x_train = (x_train - mean) / std
-    white = whitening(x_train.flatten(1), whiten, eps) if whiten != "none" else None
+    spectrum = _eigen(x_train.flatten(1)) if whiten != "none" or project else None
+    white = _whitening(*spectrum, whiten, eps) if whiten != "none" else None
     if white is not None:
         log.info("%s whitening (eps %g) fitted on the %d training images", whiten, eps, len(x_train))
+    basis = None
+    if project:
+        # Whitening keeps the principal directions (ZCA rotates back onto them; PCA already is them).
+        vectors = spectrum[2] if whiten != "pca" else torch.eye(len(spectrum[2]), dtype=torch.float64)
+        basis = vectors[:, :project].to(x_train.dtype).contiguous()
+        kept = spectrum[1][:project].sum() / spectrum[1].sum()
+        log.info("the MLP sees the first %d principal components (%.1f%% of the variance)", project, 100 * kept)
 
     def whitened(x: torch.Tensor) -> torch.Tensor:
         if white is None:
@@ -124,6 +142,7 @@ def _splits(key: tuple, n_train: int, n_val: int, seed: int, device: str, whiten
         max_value=raw.max_value,
         classes=raw.classes,
         whiten=whiten,
+        basis=basis,
     )
 
 
@@ -134,15 +153,25 @@ def whitening(x: torch.Tensor, kind: str, eps: float) -> tuple[torch.Tensor, tor
     pca: W = U diag((l + eps)^-1/2), components by falling variance, the pixel layout is gone;
     zca: W = U diag((l + eps)^-1/2) U^T, the whitened image closest to the original (still an image).
     Computed where x is (the training device); the eigendecomposition in float64."""
+    return _whitening(*_eigen(x), kind, eps)
+
+
+def _eigen(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean row, eigenvalues by falling size, eigenvectors as columns; both float64) of the rows of x."""
     centre = x.mean(0)
     xc = x - centre
     cov = (xc.T @ xc).double() / max(1, len(x) - 1)
     values, vectors = torch.linalg.eigh(cov)  # ascending
-    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+    return centre, values.flip(0).clamp_min(0), vectors.flip(1)
+
+
+def _whitening(
+    centre: torch.Tensor, values: torch.Tensor, vectors: torch.Tensor, kind: str, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     matrix = vectors * (values + eps).rsqrt()
     if kind == "zca":
         matrix = matrix @ vectors.T
-    return centre, matrix.to(x.dtype)
+    return centre, matrix.to(centre.dtype)
 
 
 def _to_nchw(x: np.ndarray, device: str) -> torch.Tensor:

@@ -64,6 +64,8 @@ def network_key(cfg: DictConfig) -> str | None:
     target = opt.get("_target_")
     if m.norm != "none" or t.get("ema") is not None or t.precision != "fp32" or target not in OPTIMIZERS:
         return None
+    if cfg.data.get("project") or m.get("block", "plain") != "plain":  # trained alone, beside the stack
+        return None
     if opt.get("amsgrad") or opt.get("maximize") or opt.get("differentiable") or opt.get("capturable"):
         return None
     known = {"_target_", "_partial_", "lr", "weight_decay", "fused", "foreach", *OPTIMIZERS[target]}

@@ -19,6 +19,7 @@ from torch import nn
 
 from .augment import Batcher, Mixer
 from .data import Splits
+from .model import Projection
 
 log = logging.getLogger(__name__)
 epoch_log = logging.getLogger("mlp_sweep.epochs")  # one line an epoch; a sweep keeps them in each trial's log file
@@ -40,10 +41,13 @@ class Metrics:
     images_per_second: float  # training images per second of training steps
     params: int  # trainable parameters of the model
     train_images: int
-    train_tflop: float  # the training budget: 6 x params x train_images x epochs_run, in 1e12 FLOP
+    train_tflop: float  # the training budget: (6 x params + 2 x fixed_params) x train_images x epochs_run, 1e12 FLOP
     history: list[dict[str, float]] = field(default_factory=list)
-    val_acc_tta: float | None = None  # with trainer.tta: each image and its mirror image, averaged
+    val_acc_tta: float | None = None  # with trainer.tta: each image and its mirror image (and shifts), averaged
     test_acc_tta: float | None = None
+    fixed_params: int = 0  # weights that are applied, never trained (data.project): forward only, 2 FLOP each
+    val_acc_mirror: float | None = None  # with trainer.tta_shift: the image and its mirror image only
+    test_acc_mirror: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,13 +215,18 @@ def measure(
     flipped images too under trainer.tta, and the training budget it took."""
     val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, autocast)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    fixed = sum(m.basis.numel() for m in model.modules() if isinstance(m, Projection))
     n, epochs_run = len(splits.y_train), len(history) + (status == "diverged")
     tta = {}
     if trainer.get("tta"):
+        shift = int(trainer.get("tta_shift") or 0)
         tta = {
-            "val_acc_tta": evaluate(model, splits.x_val, splits.y_val, autocast, flips=True)[1],
-            "test_acc_tta": evaluate(model, splits.x_test, splits.y_test, autocast, flips=True)[1],
+            "val_acc_tta": evaluate(model, splits.x_val, splits.y_val, autocast, flips=True, shift=shift)[1],
+            "test_acc_tta": evaluate(model, splits.x_test, splits.y_test, autocast, flips=True, shift=shift)[1],
         }
+        if shift:  # what the shifts add beyond the mirror image
+            tta["val_acc_mirror"] = evaluate(model, splits.x_val, splits.y_val, autocast, flips=True)[1]
+            tta["test_acc_mirror"] = evaluate(model, splits.x_test, splits.y_test, autocast, flips=True)[1]
     return Metrics(
         train_acc=evaluate(model, splits.x_train, splits.y_train, autocast)[1],
         val_acc=val_acc,
@@ -231,8 +240,9 @@ def measure(
         images_per_second=images_seen / train_seconds if train_seconds else 0.0,
         params=params,
         train_images=n,
-        train_tflop=6 * params * n * epochs_run / 1e12,
+        train_tflop=(6 * params + 2 * fixed) * n * epochs_run / 1e12,
         history=history,
+        fixed_params=fixed,
         **tta,
     )
 
@@ -258,23 +268,38 @@ class Averaged:
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: Any = None, flips: bool = False
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: Any = None, flips: bool = False, shift: int = 0
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy, in large batches, eval mode. With flips, each image's class
-    probabilities are the mean of its own and its mirror image's."""
+    probabilities are the mean over its views: itself and its mirror image, and with shift > 0 each
+    of those moved by every (dy, dx) with |dy|, |dx| <= shift pixels: 2 (2 shift + 1)^2 views
+    (18 for shift 1, 50 for shift 2)."""
     model.eval()
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for i in range(0, len(y), EVAL_BATCH):
         xb, yb = x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]
         with autocast or contextlib.nullcontext():
-            logits = model(xb).float()
             if flips:
-                mirrored = model(xb.flip(3)).float()
-                logits = ((logits.softmax(1) + mirrored.softmax(1)) / 2).log()  # log of the mean probabilities
+                views = [v for image in (xb, xb.flip(3)) for v in shifted(image, shift)]
+                probs = sum(model(v).float().softmax(1) for v in views) / len(views)
+                logits = probs.log()  # log of the mean probabilities
+            else:
+                logits = model(xb).float()
         loss += F.cross_entropy(logits, yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
     return loss.item() / len(y), correct.item() / len(y)
+
+
+def shifted(x: torch.Tensor, shift: int) -> list[torch.Tensor]:
+    """x (NCHW) moved by every (dy, dx) with |dy|, |dx| <= shift pixels, x itself first; the
+    uncovered border is zero (the mean, as the training crops pad). [x] for shift 0."""
+    if shift <= 0:
+        return [x]
+    h, w, s = x.shape[2], x.shape[3], shift
+    padded = F.pad(x, (s, s, s, s))
+    moves = [(0, 0)] + [(dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1) if (dy, dx) != (0, 0)]
+    return [padded[:, :, s - dy : s - dy + h, s - dx : s - dx + w] for dy, dx in moves]
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

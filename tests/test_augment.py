@@ -55,6 +55,32 @@ def test_flip_gives_the_image_or_its_mirror_drawn_per_image():
     assert torch.equal(x, original)  # the training set itself is never modified
 
 
+def test_alternate_flip_shows_each_image_the_other_way_in_the_next_epoch():
+    x = torch.randn(200, 3, 8, 8)
+    batcher = Batcher(
+        x,
+        mean=MEAN,
+        std=STD,
+        max_value=255.0,
+        flip="alternate",
+        crop_padding=0,
+        brightness=0.0,
+        saturation=0.0,
+        rotation=0.0,
+    )
+    g, epochs = gen(), []
+    for _ in range(3):  # three epochs, each a shuffled pass in batches of 64
+        order, mirrored = torch.randperm(200, generator=g), torch.zeros(200, dtype=torch.bool)
+        for i in range(0, 200, 64):
+            idx = order[i : i + 64]
+            out = batcher(idx, g)
+            assert ((out == x[idx]).flatten(1).all(1) | (out == x[idx].flip(3)).flatten(1).all(1)).all()
+            mirrored[idx] = (out == x[idx].flip(3)).flatten(1).all(1)
+        epochs.append(mirrored)
+    assert 60 < epochs[0].sum() < 140  # the first epoch: a coin per image
+    assert torch.equal(epochs[1], ~epochs[0]) and torch.equal(epochs[2], epochs[0])
+
+
 def test_crop_is_a_shifted_window_of_the_padded_image():
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6) + 1
     out = random_crop(x, 2, gen(1))

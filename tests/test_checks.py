@@ -52,6 +52,10 @@ def test_nesterov_needs_momentum(cfg_of):
         ("trainer.ema=1.0", "trainer.ema=1.0 is not allowed: use null (off) or a decay in (0, 1)"),
         ("trainer.ema=0", "trainer.ema=0 is not allowed"),
         ("trainer.tta=maybe", "trainer.tta='maybe' is not allowed: use true or false"),
+        ("trainer.tta_shift=-1", "trainer.tta_shift=-1 is not allowed: use an integer >= 0 (pixels"),
+        ("trainer.tta_shift=2", "trainer.tta_shift=2 needs trainer.tta=true"),
+        ("augment.flip=sometimes", "augment.flip='sometimes' is not allowed: use true, false or alternate"),
+        ("data.project=-5", "data.project=-5 is not allowed: use an integer >= 0 (principal components"),
     ],
 )
 def test_new_options_out_of_range_are_refused(cfg_of, override, expected):

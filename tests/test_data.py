@@ -237,3 +237,23 @@ def test_whitening_is_fitted_on_the_training_split_once_per_process(kind):
     assert data.load(cfg, size(1000, 200), seed=0, device="cpu") is s  # cached: no refit for the next trial
     cfg.whiten_eps = 1e-3
     assert data.load(cfg, size(1000, 200), seed=0, device="cpu") is not s
+
+
+@pytest.mark.parametrize("kind", ["none", "zca"])
+def test_project_keeps_the_principal_directions_of_the_training_images(kind):
+    cfg = OmegaConf.load("conf/data/digits.yaml")
+    cfg.whiten, cfg.project = kind, 12
+    s = data.load(cfg, size(1000, 200), seed=0, device="cpu")
+    assert s.basis.shape == (64, 12) and s.x_train.shape[1:] == (1, 8, 8)  # the images stay images
+    assert torch.allclose(s.basis.T @ s.basis, torch.eye(12), atol=1e-5)  # orthonormal directions
+    variances = torch.diagonal(s.basis.double().T @ covariance(s.x_train) @ s.basis.double())
+    assert torch.all(variances[1:] <= variances[:-1] + 1e-6)  # by falling variance
+    values = torch.linalg.eigvalsh(covariance(s.x_train)).flip(0)
+    assert torch.allclose(variances, values[:12], rtol=1e-3, atol=1e-5)  # the largest there are
+
+
+def test_project_beyond_the_inputs_is_refused():
+    cfg = OmegaConf.load("conf/data/digits.yaml")
+    cfg.project = 65
+    with pytest.raises(UserError, match=r"data.project=65 exceeds the 64 inputs of data=digits: choose 0"):
+        data.load(cfg, size(1000, 200), seed=0, device="cpu")

@@ -8,13 +8,13 @@ from torch import nn
 
 from mlp_sweep import data
 from mlp_sweep.model import build
-from mlp_sweep.train import Averaged, evaluate, fit
+from mlp_sweep.train import Averaged, evaluate, fit, shifted
 
 
 def run(cfg):
     splits = data.load(cfg.data, cfg.data_size, cfg.trainer.seed, "cpu")
     torch.manual_seed(cfg.trainer.seed)
-    model = build(splits.in_features, splits.n_classes, **cfg.model)
+    model = build(splits.in_features, splits.n_classes, **cfg.model, projection=splits.basis)
     metrics = fit(
         model,
         splits,
@@ -157,6 +157,49 @@ def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror():
     assert (acc, loss) != evaluate(model, x, y)
 
 
+def test_shifted_views_move_the_image_every_way_and_fill_the_border_with_zero():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5) + 1
+
+    def moved(dy, dx):  # x moved down by dy and right by dx, zero where nothing moved in
+        out = torch.zeros_like(x)
+        rows, cols = slice(max(dy, 0), 5 + min(dy, 0)), slice(max(dx, 0), 5 + min(dx, 0))
+        out[:, :, rows, cols] = x[:, :, max(-dy, 0) : 5 - max(dy, 0), max(-dx, 0) : 5 - max(dx, 0)]
+        return out
+
+    views = shifted(x, 2)
+    expected = [moved(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+    assert len(views) == 25 and torch.equal(views[0], x)
+    assert all(sum(torch.equal(v, e) for e in expected) == 1 for v in views)
+    assert all(any(torch.equal(v, e) for v in views) for e in expected)  # every move, once
+    assert len(shifted(x, 0)) == 1 and shifted(x, 0)[0] is x
+
+
+def test_shift_tta_averages_the_grid_of_views_and_their_mirror_images():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    x, y = torch.randn(50, 3, 4, 4), torch.randint(0, 3, (50,))
+    loss, acc = evaluate(model, x, y, flips=True, shift=1)
+    with torch.no_grad():
+        views = [v for image in (x, x.flip(3)) for v in shifted(image, 1)]
+        assert len(views) == 18
+        probs = sum(model(v).softmax(1) for v in views) / 18
+    assert acc == (probs.argmax(1) == y).sum().item() / len(y)
+    assert loss == pytest.approx(F.nll_loss(probs.log(), y).item(), rel=1e-5)
+    assert (acc, loss) != evaluate(model, x, y, flips=True)
+
+
+def test_a_projected_model_counts_its_fixed_layer_as_forward_only(cfg_of):
+    cfg = cfg_of("data=digits", "data.whiten=zca", "data.project=16", "trainer.epochs=4", "optimizer.lr=3e-3")
+    model, splits, m = run(cfg)
+    assert splits.basis.shape == (64, 16)
+    trainable = sum(p.numel() for p in model.parameters())
+    assert m.params == trainable == 16 * 200 + 200 + 200 * 10 + 10  # the first Linear sees 16 inputs
+    assert m.fixed_params == 64 * 16
+    assert m.train_tflop == pytest.approx((6 * trainable + 2 * 64 * 16) * len(splits.y_train) * 4 / 1e12)
+    assert torch.equal(model[1].basis, splits.basis)  # fixed: the training left it as fitted
+    assert m.status == "ok" and m.val_acc > 0.5
+
+
 def test_tta_figures_are_reported_beside_the_plain_ones_only_when_asked(cfg_of):
     model, splits, m = run(cfg_of("data=digits", "trainer.epochs=2", "trainer.tta=true"))
     assert m.val_acc_tta == evaluate(model, splits.x_val, splits.y_val, flips=True)[1]
@@ -164,6 +207,10 @@ def test_tta_figures_are_reported_beside_the_plain_ones_only_when_asked(cfg_of):
     assert m.val_acc == evaluate(model, splits.x_val, splits.y_val)[1]  # the plain figure stays plain
     _, _, plain = run(cfg_of("data=digits", "trainer.epochs=2"))
     assert plain.val_acc_tta is None and plain.test_acc_tta is None
+    model, splits, m = run(cfg_of("data=digits", "trainer.epochs=2", "trainer.tta=true", "trainer.tta_shift=1"))
+    assert m.test_acc_tta == evaluate(model, splits.x_test, splits.y_test, flips=True, shift=1)[1]
+    assert m.test_acc_mirror == evaluate(model, splits.x_test, splits.y_test, flips=True)[1]
+    assert m.val_acc_mirror == evaluate(model, splits.x_val, splits.y_val, flips=True)[1]
 
 
 def test_whitened_mixed_averaged_training_learns(cfg_of):
