@@ -13,6 +13,7 @@ from .errors import UserError
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu")  # model.py maps each to its module
 NORMS = ("none", "batch", "layer")
+BLOCKS = ("plain", "residual")  # model.build: plain layers or residual bottleneck blocks
 WHITENING = ("none", "pca", "zca")
 # what the task may return, and the direction a sweep optimizes it in; never test_*: the test set
 # is only reported
@@ -52,7 +53,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.activation": (_one_of(*ACTIVATIONS), "one of " + ", ".join(ACTIVATIONS)),
     "model.norm": (_one_of(*NORMS), "one of " + ", ".join(NORMS)),
     "model.dropout": (_within(0, 1), "a number in [0, 1)"),
-    "model.block": (_one_of("plain", "residual"), "plain or residual"),
+    "model.block": (_one_of(*BLOCKS), "plain or residual"),
     "model.expansion": (_int_at_least(1), "an integer >= 1 (a residual block's inner width / hidden_size)"),
     "optimizer.lr": (lambda v: _number(v) and v > 0, "a number > 0"),
     "optimizer.weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),

@@ -16,7 +16,6 @@ ACTIVATIONS = {
     "gelu": nn.GELU,
 }
 NORMS = {"none": None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
-BLOCKS = ("plain", "residual")
 
 
 class Residual(nn.Module):

@@ -74,3 +74,10 @@ def test_whitening_refuses_what_needs_pixels(cfg_of):
     ok = ("data.whiten=zca", "augment=flip_crop", "augment.mixup=0.2", "augment.cutmix=1", "trainer.tta=true")
     assert problems(cfg_of(*ok, "trainer.ema=0.999")) == []
     assert problems(cfg_of("data.whiten=pca", "augment.mixup=0.2")) == []
+
+
+def test_residual_options_are_checked(cfg_of):
+    with pytest.raises(UserError) as err:
+        check(cfg_of("model.block=dense", "model.expansion=0"))
+    assert "model.block='dense' is not allowed: use plain or residual" in str(err.value)
+    assert "model.expansion=0 is not allowed: use an integer >= 1" in str(err.value)
