@@ -7,7 +7,8 @@ the padded units held at exactly zero. Each member keeps its own learning rate, 
 dropout, label smoothing, initialization seed, leaky slope (ReLU is slope 0), width, epochs and
 patience. Members that need a different data stream (another data size, batch size, seed or
 augmentation) train after each other; those whose model this module does not stack (batch or
-layer norm, a weight average, bf16, an unknown optimizer) train alone with `train.fit`.
+layer norm, residual blocks, a fixed projection, a weight average, bf16, an unknown optimizer)
+train alone with `train.fit`.
 
 What a member sees is what it would see alone: the same batch order and augmentation (drawn from
 `trainer.seed`), the same initial weights (`trainer.init_seed`, else `trainer.seed`, then
