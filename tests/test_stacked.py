@@ -105,6 +105,8 @@ def test_what_cannot_be_stacked_is_named(cfg_of):
     assert stacked.network_key(cfg_of("model.norm=batch")) is None
     assert stacked.network_key(cfg_of("trainer.ema=0.99")) is None
     assert stacked.network_key(cfg_of("trainer.precision=bf16")) is None
+    assert stacked.network_key(cfg_of("model.block=residual")) is None
+    assert stacked.network_key(cfg_of("data.project=16")) is None
     assert stacked.network_key(cfg_of("model.hidden_size=10")) == stacked.network_key(cfg_of("model.hidden_size=99"))
     assert stacked.network_key(cfg_of("model.num_layers=3")) != stacked.network_key(cfg_of())
     assert stacked.stream_key(cfg_of("trainer.seed=1")) != stacked.stream_key(cfg_of())
