@@ -5,8 +5,19 @@ from mlp_sweep.errors import UserError
 
 
 def test_default_and_named_configs_are_valid(cfg_of):
-    for overrides in [(), ("data=digits",), ("optimizer=sgd",), ("optimizer=adamw", "augment=full")]:
+    for overrides in [
+        (),
+        ("data=digits",),
+        ("optimizer=sgd",),
+        ("optimizer=adamw", "augment=full"),
+        ("optimizer=lion",),
+    ]:
         assert problems(cfg_of(*overrides)) == []
+    for name in ("course_report", "zca_mlp", "best_mlp", "long_mlp"):
+        assert problems(cfg_of(f"experiment={name}")) == [], name
+    best, long = cfg_of("experiment=best_mlp"), cfg_of("experiment=long_mlp")
+    assert best.data.project == long.data.project == 512 and best.trainer.tta_shift == 2
+    assert (best.trainer.epochs, long.trainer.epochs) == (140, 350)  # 79.9 and 199.7 TFLOP
 
 
 @pytest.mark.parametrize(

@@ -139,7 +139,7 @@ def test_wide_preset_runs(tmp_path):
     assert res.returncode == 0, res.stderr
     first, second = study(tmp_path, "wide-digits-full").trials
     recipe = {"model.norm": "layer", "model.hidden_size": 1024, "optimizer.lr": 1e-3, "data.whiten_eps": 1.0}
-    assert recipe.items() <= first.params.items()  # the best_mlp recipe is queued first
+    assert recipe.items() <= first.params.items()  # the zca_mlp recipe is queued first
     assert sweep(tmp_path, *FAST, "hparams_search=wide", "hydra.sweeper.n_trials=3").returncode == 0
     assert [t.params == first.params for t in study(tmp_path, "wide-digits-full").trials] == [True, False, False]
 
