@@ -154,7 +154,46 @@ def _server(
         storage = _rdb_retrying(url, kwargs, heartbeat_interval, grace_period)
     storage.__class__ = PatientRDBStorage  # open: from now on a lost server is waited for
     storage.outage = outage
+    quiet_lost_resets()
     return storage
+
+
+class _LostReset(logging.Filter):
+    """Drops SQLAlchemy's ERROR record, with its traceback, of a pooled connection that could not
+    be rolled back on its way back to the pool because the server had gone away ("Exception during
+    reset or similar"): the connection is discarded anyway, and the outage is already reported in
+    one line by Outage. Any other record, and a reset that failed for another reason, passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Exception during reset") or not record.exc_info:
+            return True
+        return not lost_connection(record.exc_info[1])
+
+
+POOL_LOGGERS = ("QueuePool", "NullPool", "StaticPool", "SingletonThreadPool", "AssertionPool")
+
+
+def quiet_lost_resets() -> None:
+    """Installs _LostReset on SQLAlchemy's pool loggers (a filter on a parent logger would not see
+    its children's records), once."""
+    for name in POOL_LOGGERS:
+        logger = logging.getLogger(f"sqlalchemy.pool.impl.{name}")
+        if not any(isinstance(f, _LostReset) for f in logger.filters):
+            logger.addFilter(_LostReset())
+
+
+def lost_connection(err: BaseException | None) -> bool:
+    """transient(), or the driver's own error of a lost connection (a raw DBAPI error, as a
+    rollback on the bare connection raises it): OperationalError, InterfaceError, a reset socket."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if transient(err) or isinstance(err, ConnectionError):
+            return True
+        if type(err).__name__ in ("OperationalError", "InterfaceError"):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _rdb_or_lost(*args: Any) -> Any:
