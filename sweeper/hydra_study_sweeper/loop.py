@@ -34,6 +34,7 @@ from .storage import absolute, has_password, masked, vanished
 
 log = logging.getLogger(__name__)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+HUNG_STOP = 2  # trials stopped as hung, with nothing else ended in this run, before no further one starts
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class Run:
     seeds_ended: dict[int, dict[int, Any]] = field(default_factory=dict)  # repeated trial -> seed index -> return
     failures: list[str] = field(default_factory=list)
     told: int = 0  # trials of this run that ended
+    hung: int = 0  # of them, those stopped as hung
     stopping: bool = False  # too many failures: start nothing more
     scan: Scan | None = None  # None: look again before the next decision
     announced: bool = False  # the wait for other workers was said
@@ -270,7 +272,8 @@ def start_job(r: Run, key: Any, job: tuple[str, ...], numbers: list[int] | None 
         log.info("trial%s %s on GPU %s", "s" if len(numbers) > 1 else "", ", ".join(map(str, numbers)), gpu)
         job = (*job, f"++hydra.job.env_set.{VISIBLE_ENV}={quoted(gpu)}")
     if r.launches.threaded:  # a job in the sweeper's own process cannot be watched (nor stopped)
-        r.watchdog.started(key, job_folder(r, key))
+        token = r.watchdog.started(key, job_folder(r, key))
+        job = (*job, f"++hydra.job.env_set.{watchdog.TOKEN_ENV}={quoted(token)}")
     r.launches.start(key, job, numbers[0])
 
 
@@ -363,7 +366,7 @@ def collect(r: Run) -> None:
     if ended:
         r.scan = scan(r)  # the next decision's look, which the progress line reads too
         progress(r)
-        r.stopping = r.stopping or len(r.failures) > r.allowed_failures
+        r.stopping = r.stopping or len(r.failures) > r.allowed_failures or all_hung(r)
     elif r.scan is not None and time.monotonic() - r.scan.at > max(5, r.settings.heartbeat_interval):
         r.scan = None  # other workers' trials may have gone stale
 
@@ -384,13 +387,10 @@ def stop_hung(r: Run, key: Any, w: watchdog.Watch) -> None:
     on another machine is left to its scheduler, its trials told now."""
     numbers = r.jobs[key]
     log.warning("trial%s %s %s", "s" if len(numbers) > 1 else "", ", ".join(map(str, numbers)), w.hung)
-    if r.watchdog.stop(w):
+    why = r.watchdog.stop(w)
+    if why is None:
         return
-    log.warning(
-        "its process runs on %s, not here: it cannot be stopped from this worker (its scheduler ends it); "
-        "the sweep goes on without it",
-        w.host or "a machine it did not name",
-    )
+    log.warning("%s: it cannot be stopped from this worker; the sweep goes on without it", why)
     abandon(r, key, JobLost(w.hung, last=True))
 
 
@@ -535,6 +535,7 @@ def conclude(r: Run, number: int, decide: Any) -> None:
 def say_outcome(r: Run, trial: optuna.Trial, result: Outcome, seconds: float) -> None:
     if result.state == TrialState.FAIL:
         r.failures.append(result.reason)
+        r.hung += result.reason.startswith("hung:")
         log.warning("trial %d failed after %.1f s: %s", trial.number, seconds, result.reason)
     elif result.state == TrialState.PRUNED:
         log.info("trial %d %s (%s)", trial.number, result.reason, shown_params(trial.params))
@@ -565,7 +566,22 @@ def wait_for_others(r: Run) -> None:
     r.scan = None
 
 
+def all_hung(r: Run) -> bool:
+    """Every trial this run ended (two at least) was stopped as hung: the limits, not the trials,
+    are likely wrong, and each further trial would use up one more of the study's target."""
+    return r.hung >= HUNG_STOP and r.hung == r.told
+
+
 def too_many_failures(r: Run) -> SweepExit:
+    if all_hung(r):
+        return SweepExit(
+            1,
+            f"all {r.hung} trials this run ended were stopped as hung (last: {r.failures[-1]}): the limit is "
+            "likely shorter than this app's start-up or its steps, so no further trial is started. Raise "
+            "hydra.sweeper.stall_timeout (silence between steps) or hydra.sweeper.start_timeout (time to the "
+            "first step), then run the same command: the hung trials count toward the target",
+            summarize=True,
+        )
     return SweepExit(
         1,
         f"{len(r.failures)} of the {r.told} trials run failed (last: {r.failures[-1]}): more than "

@@ -49,6 +49,7 @@ class Settings:
     timeout: float | None = None
     trial_timeout: float | None = None
     stall_timeout: float | None = None
+    start_timeout: float | None = None
     stop_grace: float = 30
     grace_period: int | None = None
     outage_timeout: float = 600
@@ -133,7 +134,7 @@ def check(s: Settings) -> None:
     bad += gpus.check(s.gpus, s.trials_per_gpu)
     if not (isinstance(s.stack, int) and not isinstance(s.stack, bool) and s.stack >= 1):
         bad.append(f"hydra.sweeper.stack={s.stack!r} is not allowed: use an integer >= 1 (1 = one trial a job)")
-    for key in ("timeout", "trial_timeout", "stall_timeout"):
+    for key in ("timeout", "trial_timeout", "stall_timeout", "start_timeout"):
         value = getattr(s, key)
         if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
             bad.append(f"hydra.sweeper.{key}={value!r} is not allowed: use seconds > 0, or null for no limit")

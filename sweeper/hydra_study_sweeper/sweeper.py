@@ -78,7 +78,7 @@ class StudySweeper:
             write_member=lambda number, job: self.write_member(p, number, job),
             slots=Slots(list(p.gpu_slots)),
             tracking=SweepTracker(s, p.name) if (s.mlflow or s.tensorboard) else None,
-            watchdog=Watchdog(s.stall_timeout, s.trial_timeout, s.stop_grace),
+            watchdog=Watchdog(s.stall_timeout, s.trial_timeout, s.stop_grace, s.start_timeout),
         )
         if p.gpu_slots:
             say_slots(p.gpu_slots, s.n_jobs)

@@ -15,6 +15,13 @@ sweeper watches the files of its running jobs (`Watchdog`):
 
 A job on another machine (submitit on SLURM) cannot be stopped from here: its trials are failed and
 the sweep goes on without waiting for it (its scheduler ends it; scancel).
+
+Only the job's own processes are ever signalled. Each launch hands its job a fresh token (the
+environment variable TOKEN_ENV); a job file is believed only when it holds that token, and an old
+file left in a reused folder is removed before the launch. The file names the job's process by its
+pid and its start time; a process is signalled only while its start time is still the one recorded
+(a pid the kernel handed to another process is left alone), and never the sweeper's own process or
+one of its ancestors (a launcher that runs jobs in threads: such a hung job is said, not stopped).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import functools
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -33,11 +41,13 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-JOB_FILE = ".sweeper-job.json"  # in each job's folder: {"host": ..., "pid": ...}; touched at each step
+JOB_FILE = ".sweeper-job.json"  # in each job's folder: {"host", "pid", "start", "token"}; touched at each step
+TOKEN_ENV = "HYDRA_STUDY_SWEEPER_JOB_TOKEN"  # this launch's token, which the job writes into its file
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL of a hung job's processes
 GIVE_UP = 3.0  # seconds after the SIGKILL: the stopped job's trials are told without its launcher's word
 POOL_DEATHS: dict[int, int] = {}  # joblib worker pid -> exit code, for workers that died on their own
 _touched: str | None = None  # this job's file, in the job's process
+_written: dict[str, Any] = {}  # what it holds; "stepped" is added at the first step
 
 
 class Watched:
@@ -48,21 +58,29 @@ class Watched:
         functools.update_wrapper(self, task_function)
 
     def __call__(self, cfg: Any) -> Any:
-        global _touched
+        global _touched, _written
         from hydra.core.hydra_config import HydraConfig
 
         path = Path(HydraConfig.get().runtime.output_dir) / JOB_FILE
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "start": start_time(os.getpid())}
+        _written = {**me, "token": os.environ.get(TOKEN_ENV)}
         with contextlib.suppress(OSError):  # a job that cannot write its folder fails on its own
-            path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+            path.write_text(json.dumps(_written))
             _touched = str(path)
         return self.task_function(cfg)
 
 
 def stepped() -> None:
-    """A step was reported (in the job's process): the job is alive."""
-    if _touched is not None:
-        with contextlib.suppress(OSError):
+    """A step was reported (in the job's process): the job is alive. The first step is written into
+    the file (the sweeper may see it first after that step); later ones only touch it."""
+    if _touched is None:
+        return
+    with contextlib.suppress(OSError):
+        if _written.get("stepped"):
             os.utime(_touched)
+        else:
+            _written["stepped"] = True
+            Path(_touched).write_text(json.dumps(_written))
 
 
 @dataclass
@@ -70,29 +88,53 @@ class Watch:
     """One running job, as the sweeper sees it."""
 
     folder: Path
+    token: str | None = None  # what the job of this launch writes into its file
     started: float | None = None  # time.monotonic() its file was first seen: the job runs
     host: str | None = None
     pid: int | None = None
+    start: int | None = None  # the process's start time (clock ticks after boot): pid and start name it
     mtime: float | None = None  # the file's last mtime seen
     stepped: float | None = None  # time.monotonic() that mtime was first seen changed
     hung: str | None = None  # why it was stopped
     kill_at: float | None = None  # SIGKILL what is left of it then
-    tree: tuple[int, ...] = ()  # its processes when stopped (children outlive a parent that dies)
+    tree: tuple[tuple[int, int], ...] = ()  # (pid, start) of its processes when stopped (children outlive a parent)
     given_up: float | None = None  # stopped: its trials are told then, if its launcher has not returned
 
 
+START_ALLOWANCE = 60.0  # seconds more than stall_timeout a job may take to its first step, by default
+
+
 class Watchdog:
-    def __init__(self, stall_timeout: float | None, trial_timeout: float | None, stop_grace: float) -> None:
+    def __init__(
+        self,
+        stall_timeout: float | None,
+        trial_timeout: float | None,
+        stop_grace: float,
+        start_timeout: float | None = None,
+    ) -> None:
         self.stall, self.limit, self.grace = stall_timeout, trial_timeout, stop_grace
+        # a job's start-up (imports, data, its first step) is not silence: until its first step it
+        # is judged by start_timeout, by default stall_timeout + START_ALLOWANCE
+        self.start = start_timeout or (stall_timeout + START_ALLOWANCE if stall_timeout else None)
+        self.start_said = (
+            f"hydra.sweeper.start_timeout={start_timeout:g} s"
+            if start_timeout
+            else f"hydra.sweeper.stall_timeout + {START_ALLOWANCE:g} s = {self.start or 0:g} s"
+        )
         self.jobs: dict[Any, Watch] = {}
         self.looked = 0.0
 
     @property
     def active(self) -> bool:
-        return bool(self.stall or self.limit)
+        return bool(self.stall or self.start or self.limit)
 
-    def started(self, key: Any, folder: Path) -> None:
-        self.jobs[key] = Watch(folder)
+    def started(self, key: Any, folder: Path) -> str:
+        """Watch a job about to be launched into `folder`; the token to hand it (TOKEN_ENV). A job
+        file left there by an earlier job is removed first."""
+        with contextlib.suppress(FileNotFoundError):
+            (folder / JOB_FILE).unlink()
+        self.jobs[key] = Watch(folder, token=secrets.token_hex(8))
+        return self.jobs[key].token
 
     def ended(self, key: Any) -> Watch | None:
         """The job is over: no longer watched. What is left of a stopped one (a child that ignored
@@ -134,7 +176,9 @@ class Watchdog:
 
     def reason(self, w: Watch, now: float) -> str | None:
         quiet = now - (w.stepped or w.started)
-        if self.stall and quiet > self.stall:
+        if w.stepped is None and self.start and quiet > self.start:
+            return f"hung: no first step within {quiet:.0f} s of its start ({self.start_said})"
+        if w.stepped is not None and self.stall and quiet > self.stall:
             return f"hung: no step reported for {quiet:.0f} s (hydra.sweeper.stall_timeout={self.stall:g} s)"
         ran = now - w.started
         if self.limit and ran > self.limit + self.grace:
@@ -144,17 +188,22 @@ class Watchdog:
             )
         return None
 
-    def stop(self, w: Watch) -> bool:
-        """Stop a hung job's processes; False when they run on another machine."""
+    def stop(self, w: Watch) -> str | None:
+        """Stop a hung job's processes; else why they cannot be (another machine, this process)."""
         if w.host != socket.gethostname() or w.pid is None:
-            return False
-        w.tree = (*children(w.pid), w.pid)
+            return f"its process runs on {w.host or 'a machine it did not name'}, not here (its scheduler ends it)"
+        if w.pid in (os.getpid(), *ancestors(os.getpid())):
+            return "it runs inside this sweeper's process (a launcher that runs jobs in threads)"
+        w.given_up = time.monotonic() + KILL_AFTER + GIVE_UP
+        if start_time(w.pid) != w.start:  # it has ended (its pid may be another process's now)
+            log.info("process %d has ended already: nothing to stop", w.pid)
+            return None
+        w.tree = (*((p, start_time(p)) for p in children(w.pid)), (w.pid, w.start))
         signal_all(w.tree, signal.SIGTERM)
         n = len(w.tree) - 1
         log.info("stopped process %d and %d process(es) it started (SIGTERM; SIGKILL in %g s)", w.pid, n, KILL_AFTER)
         w.kill_at = time.monotonic() + KILL_AFTER
-        w.given_up = w.kill_at + GIVE_UP
-        return True
+        return None
 
 
 def read(w: Watch, now: float) -> None:
@@ -168,7 +217,10 @@ def read(w: Watch, now: float) -> None:
             found = json.loads(path.read_text())
         except (OSError, ValueError):
             return  # being written
-        w.started, w.host, w.pid, w.mtime = now, found.get("host"), found.get("pid"), mtime
+        if found.get("token") != w.token:
+            return  # not this launch's job: a file it has not replaced yet
+        w.started, w.host, w.pid, w.start, w.mtime = now, found.get("host"), found.get("pid"), found.get("start"), mtime
+        w.stepped = now if found.get("stepped") else None
     elif mtime != w.mtime:
         w.mtime, w.stepped = mtime, now
 
@@ -193,11 +245,39 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def signal_all(pids: tuple[int, ...], sig: int) -> None:
-    """Send `sig` to each process (descendants first); those gone already are skipped."""
-    for p in pids:
+def start_time(pid: int) -> int | None:
+    """When the process started, in clock ticks after boot (Linux: /proc); None when it is gone.
+    With the pid it names one process: the kernel hands a pid out again only after its end."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the name in () may hold spaces
+    return None if fields[0] == "Z" else int(fields[19])  # a zombie has ended
+
+
+def ancestors(pid: int) -> list[int]:
+    """The processes above `pid`, its parent first."""
+    found = []
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        found.append(pid)
+    return found
+
+
+def signal_all(tree: tuple[tuple[int, int | None], ...], sig: int) -> None:
+    """Send `sig` to each process (descendants first) that is still the one recorded: a process
+    gone already, or a pid the kernel has given to another since (its start time differs), is
+    skipped; so is this process and any of its ancestors."""
+    mine = {os.getpid(), *ancestors(os.getpid())}
+    for pid, start in tree:
+        if pid in mine or start is None or start_time(pid) != start:
+            continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(p, sig)
+            os.kill(pid, sig)
 
 
 def killed_reason(code: int) -> str:

@@ -135,16 +135,82 @@ def test_the_watchdog_finds_a_silent_job_but_not_while_the_storage_is_away(tmp_p
 
     from hydra_study_sweeper.watchdog import JOB_FILE, Watchdog
 
-    (tmp_path / JOB_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1}))
     dog = Watchdog(stall_timeout=10, trial_timeout=None, stop_grace=30)
-    dog.started("job", tmp_path)
+    token = dog.started("job", tmp_path)
+    (tmp_path / JOB_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": token}))
     assert dog.look(now=100.0) == ([], [])  # first seen: it runs from now
+    (tmp_path / JOB_FILE).touch()  # its first step
+    assert dog.look(now=101.0) == ([], [])
     assert dog.look(now=108.0) == ([], [])
     assert dog.look(now=130.0, paused=True) == ([], [])  # 22 s of outage: jobs wait in report()
     [(key, w)], gone = dog.look(now=135.0)
     assert key == "job" and not gone
-    assert w.hung == "hung: no step reported for 13 s (hydra.sweeper.stall_timeout=10 s)"
-    assert not dog.stop(w)  # on another machine: not stopped from here
+    assert w.hung == "hung: no step reported for 12 s (hydra.sweeper.stall_timeout=10 s)"
+    assert "not here" in dog.stop(w)  # on another machine: not stopped from here
+
+
+def test_a_jobs_start_up_is_judged_by_its_own_allowance_not_by_stall_timeout(tmp_path):
+    import json
+
+    from hydra_study_sweeper.watchdog import JOB_FILE, Watchdog
+
+    for start_timeout, said in ((None, "stall_timeout + 60 s = 65 s"), (20, "start_timeout=20 s")):
+        dog = Watchdog(stall_timeout=5, trial_timeout=None, stop_grace=30, start_timeout=start_timeout)
+        token = dog.started("job", tmp_path)
+        (tmp_path / JOB_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": token}))
+        assert dog.look(now=100.0) == ([], [])
+        assert dog.look(now=115.0) == ([], [])  # 15 s of start-up (imports, data): not silence
+        [(_, w)], _ = dog.look(now=100.0 + (start_timeout or 65) + 1)
+        assert w.hung.startswith("hung: no first step within ") and w.hung.endswith(f"(hydra.sweeper.{said})")
+
+
+def test_the_watchdog_believes_only_the_job_file_of_the_launch_it_watches(tmp_path):
+    """A folder reused by a later job (trial numbers restart) still holds the old job's file: it is
+    removed before the launch, and a file without this launch's token is never read."""
+    import json
+
+    from hydra_study_sweeper.watchdog import JOB_FILE, Watchdog
+
+    stale = {"host": __import__("socket").gethostname(), "pid": os.getpid(), "token": "an old job's"}
+    (tmp_path / JOB_FILE).write_text(json.dumps(stale))
+    dog = Watchdog(stall_timeout=1, trial_timeout=None, stop_grace=0)
+    token = dog.started("job", tmp_path)
+    assert not (tmp_path / JOB_FILE).exists() and token
+    (tmp_path / JOB_FILE).write_text(json.dumps(stale))  # written again, as by a job of another sweep
+    for now in (100.0, 110.0, 200.0):
+        assert dog.look(now=now) == ([], [])
+    assert dog.jobs["job"].pid is None  # never taken for this launch's job
+
+
+def test_the_watchdog_signals_no_process_but_the_one_it_recorded(tmp_path):
+    """Not the sweeper's own process (jobs in threads), not one of its ancestors, and not a process
+    that got the recorded pid after the job's end (its start time differs)."""
+    import socket
+    import subprocess
+
+    from hydra_study_sweeper.watchdog import Watch, Watchdog, ancestors, start_time
+
+    dog = Watchdog(stall_timeout=1, trial_timeout=None, stop_grace=0)
+    here = socket.gethostname()
+    for pid in (os.getpid(), ancestors(os.getpid())[0]):
+        w = Watch(tmp_path, host=here, pid=pid, start=start_time(pid), hung="hung: test")
+        assert "inside this sweeper's process" in dog.stop(w)
+        assert w.tree == () and w.kill_at is None
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        reused = Watch(tmp_path, host=here, pid=stranger.pid, start=start_time(stranger.pid) - 1, hung="hung: test")
+        assert dog.stop(reused) is None  # said ended; nothing signalled
+        assert reused.tree == () and reused.given_up is not None
+        dog.jobs["job"] = reused
+        dog.ended("job")
+        time.sleep(0.3)
+        assert stranger.poll() is None  # alive
+        mine = Watch(tmp_path, host=here, pid=stranger.pid, start=start_time(stranger.pid), hung="hung: test")
+        assert dog.stop(mine) is None and mine.tree == ((stranger.pid, start_time(stranger.pid)),)
+        assert stranger.wait(timeout=10) == -15  # SIGTERM: it was the process recorded
+    finally:
+        stranger.kill()
+        stranger.wait()
 
 
 def test_a_lost_connection_is_waited_for_and_a_long_outage_ends_in_a_storage_failure(caplog):

@@ -2,10 +2,15 @@
 fails as killed, the trials caught up with it are queued again, and the sweep reaches its target.
 Real processes and signals, through Hydra's joblib launcher."""
 
+import contextlib
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from hydra_study_sweeper.recovery import counts_toward_target
@@ -104,3 +109,60 @@ def test_a_trial_whose_worker_is_killed_fails_as_killed_and_the_sweep_reaches_it
     else:
         assert first.state == TrialState.COMPLETE
     assert "Traceback" not in out
+
+
+def test_a_stale_job_file_naming_a_live_process_never_gets_it_signalled(tmp_path):
+    """Trial numbers restart in a reused sweep folder: the file an earlier job left in folder 0 names
+    a process that now belongs to someone else. The watchdog stops the real hung job, not that one."""
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        folder = tmp_path / "sweeps" / "sphere" / "0"
+        folder.mkdir(parents=True)
+        (folder / ".sweeper-job.json").write_text(json.dumps({"host": socket.gethostname(), "pid": stranger.pid}))
+        args = (*JOBLIB, "mode=hang_first", "steps=2", "step_seconds=0.2", "hydra.sweeper.stall_timeout=3")
+        res = sweep(tmp_path, *args, "hydra.sweeper.stop_grace=2", "hydra.sweeper.n_trials=3", timeout=240)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert stranger.poll() is None, "the process named by the stale file was signalled"
+        trials = study(tmp_path).trials
+        assert trials[0].user_attrs["fail_reason"].startswith("hung: no step reported for ")
+        assert job_pid(tmp_path, 0) != stranger.pid  # the real job wrote its own file
+        child = int((folder / "child.pid").read_text())
+        wait_until(lambda: not alive(child), None, "the real hung job's child still runs", timeout=15)
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_hung_job_in_a_thread_of_the_sweeper_is_said_and_never_signalled(tmp_path):
+    """A launcher that runs jobs in threads (the test app's `threads`) runs them inside the sweeper's
+    process: a hung one is found and its trial failed, but the sweeper signals neither itself nor its
+    parent."""
+    args = ("hydra/launcher=threads", "mode=hang_first", "steps=2", "step_seconds=0.2", "hydra.sweeper.stall_timeout=3")
+    plugin = str(Path(__file__).parent / "apps" / "threads")  # where Hydra finds the `threads` launcher
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [plugin, os.environ.get("PYTHONPATH")]))}
+    proc = start(tmp_path, *args, "hydra.sweeper.n_trials=3", env=env)  # to a file: the hung child keeps pipes
+    out = finish(proc, 240)
+    try:
+        assert proc.returncode == 0, out  # a SIGTERM to itself would end it with -15
+        assert "it runs inside this sweeper's process" in out and "cannot be stopped from this worker" in out
+        trials = study(tmp_path).trials
+        assert trials[0].user_attrs["fail_reason"].startswith("hung: no step reported for ")
+        assert sum(map(counts_toward_target, trials)) == 3 and no_running(trials)
+    finally:  # the hung thread's child outlives the sweep: nobody could stop it
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((tmp_path / "sweeps" / "sphere" / "0" / "child.pid").read_text()), signal.SIGKILL)
+
+
+def test_trials_that_all_hang_stop_the_sweep_with_what_to_change(tmp_path):
+    """A limit shorter than every trial's silence would use up the study's target with nothing to
+    show: after two hung trials and nothing else, no further one starts, and the message names the
+    settings to raise."""
+    args = (*JOBLIB, "seconds=6", "hydra.sweeper.start_timeout=2", "hydra.sweeper.n_trials=10")
+    res = sweep(tmp_path, *args, "hydra.sweeper.stop_grace=1", timeout=240)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "trials this run ended were stopped as hung" in out and "hydra.sweeper.start_timeout" in out
+    trials = study(tmp_path).trials
+    assert 2 <= sum(map(counts_toward_target, trials)) <= 3  # not the whole target of 10
+    assert all(t.user_attrs["fail_reason"].startswith("hung: no first step within ") for t in trials
+               if t.state == TrialState.FAIL and counts_toward_target(t))  # fmt: skip

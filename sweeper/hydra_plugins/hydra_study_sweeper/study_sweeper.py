@@ -86,6 +86,9 @@ class StudySweeperConf(SweeperConf):
     # seconds, or runs stop_grace seconds past trial_timeout, is hung: its processes are stopped,
     # its trials FAIL `hung: ...` with their last value (the in-process basic launcher cannot)
     stall_timeout: float | None = None
+    # until its first step a job's start-up (imports, data) is not silence: it gets start_timeout
+    # seconds (null: stall_timeout + 60)
+    start_timeout: float | None = None
     stop_grace: float = 30
     max_failure_rate: float = 0.5  # share of this run's trials allowed to fail before the sweep stops
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (RDB storages)
