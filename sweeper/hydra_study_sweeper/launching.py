@@ -116,13 +116,15 @@ def worker_processes(launcher: Any) -> int | None:
 
 def ray_init_options(options: dict[str, Any]) -> dict[str, Any]:
     """ray.init's options with what every job needs from the sweeper's environment (a storage URL
-    with a password, kept out of the jobs' files): Ray tasks on other nodes do not inherit this
+    with a password, the MLflow URI: kept out of the jobs' files): Ray tasks on other nodes do not inherit this
     process's environment, but the job's runtime environment reaches them. It is never written to
     the config or the jobs' folders."""
     from .job import STORAGE_ENV
+    from .tracking import MLFLOW_URI_ENV
 
-    if STORAGE_ENV not in os.environ:
+    secrets = {k: os.environ[k] for k in (STORAGE_ENV, MLFLOW_URI_ENV) if k in os.environ}
+    if not secrets:
         return options
     runtime_env = dict(options.get("runtime_env") or {})
-    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), STORAGE_ENV: os.environ[STORAGE_ENV]}
+    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), **secrets}
     return {**options, "runtime_env": runtime_env}

@@ -85,6 +85,17 @@ class Settings:
         return ["value"] if len(self.directions) == 1 else [f"value_{i}" for i in range(len(self.directions))]
 
     @property
+    def secret_urls(self) -> dict[str, str]:
+        """The settings that are URLs with a password (storage, mlflow_uri, any added later): shown
+        and written masked only, and handed to jobs through the environment."""
+        from dataclasses import fields
+
+        from .storage import has_password
+
+        found = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in found.items() if isinstance(v, str) and "://" in v and has_password(v)}
+
+    @property
     def pruner_json(self) -> str | None:
         return None if self.pruner is None else json.dumps(plain(self.pruner))
 

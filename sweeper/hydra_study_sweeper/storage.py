@@ -55,20 +55,28 @@ def masked(url: Any) -> str:
     if url is None:
         return "memory"
     text = str(url)
-    parts = urlsplit(text)
-    if parts.password is None:
+    password = password_of(text)
+    if password is None:
         return text
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    parts = urlsplit(text)
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@", 1)))
+
+
+def password_of(url: Any) -> str | None:
+    """The password in a URL, or None (also for text that is not a URL)."""
+    try:
+        return urlsplit(str(url)).password if url is not None else None
+    except ValueError:  # not a URL (an unbalanced [ in some other value)
+        return None
 
 
 def has_password(url: Any) -> bool:
-    return url is not None and urlsplit(str(url)).password is not None
+    return password_of(url) is not None
 
 
 def scrub(message: str, url: Any) -> str:
     """An error text with the URL's password (if any) replaced by ***."""
-    password = urlsplit(str(url)).password if url else None
+    password = password_of(url)
     return message.replace(password, "***") if password else message
 
 
@@ -630,5 +638,6 @@ def absolute(url: Any) -> str | None:
 
 
 def mask_overrides(overrides: list[str]) -> list[str]:
-    """Command-line overrides as they may be written to files: storage passwords masked."""
-    return [re.sub(r"^(\+*hydra\.sweeper\.storage=)(.*)$", lambda m: m[1] + masked(m[2]), o) for o in overrides]
+    """Command-line overrides as they may be written to files: any URL's password masked, whatever
+    the key (hydra.sweeper.storage, hydra.sweeper.mlflow_uri, an app's own)."""
+    return [re.sub(r"^([^=]+=)(.*)$", lambda m: m[1] + masked(m[2]), o) for o in overrides]

@@ -46,7 +46,7 @@ def open_study(settings: Settings, plan: Plan, config: DictConfig) -> optuna.Stu
     IN_PROCESS[plan.name] = (os.getpid(), study)  # jobs in this process report to it directly
     if plan.storage is not None and has_password(settings.storage):
         os.environ[STORAGE_ENV] = absolute(settings.storage)  # inherited by local jobs, never written to files
-    mask_storage_in_jobs(settings, config)
+    mask_secrets_in_jobs(settings, config)
     log.info(
         "study %s in %s: target %d trials, sampler %s",
         plan.name,
@@ -102,10 +102,11 @@ def pruner(settings: Settings) -> Any:
         raise UserError(f"hydra.sweeper.pruner: {err}") from None
 
 
-def mask_storage_in_jobs(settings: Settings, config: DictConfig) -> None:
-    """Jobs are composed from these overrides and write them to .hydra/hydra.yaml: no password."""
-    if not has_password(settings.storage):
-        return
+def mask_secrets_in_jobs(settings: Settings, config: DictConfig) -> None:
+    """Jobs are composed from this config and its overrides and write them to .hydra/hydra.yaml:
+    every URL setting with a password is masked there (jobs get the URLs through the environment)."""
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.overrides.hydra = mask_overrides(list(config.hydra.overrides.hydra))
-        config.hydra.sweeper.storage = masked(settings.storage)  # jobs must agree with it (Hydra checks)
+        config.hydra.overrides.task = mask_overrides(list(config.hydra.overrides.task))
+        for key, url in settings.secret_urls.items():
+            config.hydra.sweeper[key] = masked(url)  # jobs must agree with it (Hydra checks)

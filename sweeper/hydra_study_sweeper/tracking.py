@@ -27,11 +27,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .storage import masked, scrub
+
 log = logging.getLogger(__name__)
 MLFLOW_URI_ENV = "HYDRA_STUDY_SWEEPER_MLFLOW_URI"
 MLFLOW_RUNS_ENV = "HYDRA_STUDY_SWEEPER_MLFLOW_RUNS"  # trial number=run id, comma separated (a stack has several)
 TENSORBOARD_ENV = "HYDRA_STUDY_SWEEPER_TENSORBOARD"  # the study's event folder; a trial's is NUMBER/ inside
 STUDY_TAG, TRIAL_TAG, KIND_TAG = "study", "trial", "hydra_study_sweeper.run"
+
+
+def hand_to_jobs(uri: str) -> None:
+    """The tracking URI reaches jobs through this process's environment (inherited by local jobs,
+    passed to Ray's), never through their config files: it may hold a password."""
+    os.environ[MLFLOW_URI_ENV] = uri
 
 
 def absolute_uri(uri: str) -> str:
@@ -120,7 +128,8 @@ class JobTracker:
         try:
             return cls(number)
         except Exception as err:  # noqa: BLE001 - tracking never fails a trial
-            log.warning("trial %d: tracking is off for this job: %s: %s", number, type(err).__name__, err)
+            said = scrub(str(err), os.environ.get(MLFLOW_URI_ENV))
+            log.warning("trial %d: tracking is off for this job: %s: %s", number, type(err).__name__, said)
             return None
 
     def log(self, step: int, values: dict[str, Any]) -> None:
@@ -137,7 +146,8 @@ class JobTracker:
             if self.events is not None:
                 self.events.scalars(step, found)
         except Exception as err:  # noqa: BLE001 - tracking never fails a trial
-            log.warning("trial %d: tracking stopped: %s: %s", self.number, type(err).__name__, err)
+            said = scrub(str(err), os.environ.get(MLFLOW_URI_ENV))
+            log.warning("trial %d: tracking stopped: %s: %s", self.number, type(err).__name__, said)
             self.client = self.events = None
 
 
@@ -164,7 +174,8 @@ class SweepTracker:
         try:
             return fn(*args)
         except Exception as err:  # noqa: BLE001 - tracking never fails the sweep
-            log.warning("%s (%s: %s): MLflow tracking is off for the rest of this run", what, type(err).__name__, err)
+            said = scrub(str(err), self.uri)
+            log.warning("%s (%s: %s): MLflow tracking is off for the rest of this run", what, type(err).__name__, said)
             self.client = None
             return None
 
@@ -189,7 +200,8 @@ class SweepTracker:
             tags = {KIND_TAG: "study", STUDY_TAG: self.study}
             self.parent = client.create_run(experiment, tags=tags, run_name=self.study).info.run_id
         self.client, self.experiment = client, experiment
-        log.info("MLflow: experiment %s in %s, study run %s", self.study, self.uri, self.parent)
+        hand_to_jobs(self.uri)
+        log.info("MLflow: experiment %s in %s, study run %s", self.study, masked(self.uri), self.parent)
 
     def started(self, number: int, params: dict[str, Any]) -> None:
         """The trial's run, made before its job starts."""
@@ -212,7 +224,7 @@ class SweepTracker:
         env = {}
         runs = ",".join(f"{n}={self.runs[n]}" for n in numbers if n in self.runs)
         if self.client is not None and runs:
-            env = {MLFLOW_URI_ENV: self.uri, MLFLOW_RUNS_ENV: runs}
+            env = {MLFLOW_RUNS_ENV: runs}  # the URI is in the environment already (hand_to_jobs)
         if self.board is not None:
             env[TENSORBOARD_ENV] = str(self.board)
         return env

@@ -154,3 +154,46 @@ def test_a_storage_path_through_a_file_is_named(tmp_path):
         assert res.returncode == 2, res.stderr
         assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert f"hydra.sweeper.storage='{url}': cannot make the folder {tmp_path}/afile/sub" in res.stderr
+
+
+def test_no_url_password_reaches_output_files_or_the_mlflow_store(tmp_path, study_name):
+    """A password in the storage URL and in mlflow_uri: no console line, no file under the sweep's
+    folder (jobs' .hydra files included), and no row of the MLflow store holds it."""
+    pytest.importorskip("mlflow") if os.environ.get("CI") != "true" else __import__("mlflow")
+    import psycopg
+
+    parts = urlsplit(server("postgresql"))
+    secret = "S3cret-" + uuid.uuid4().hex[:6]  # the local server trusts any password
+    store = f"mlflow_{uuid.uuid4().hex[:8]}"
+    admin = f"postgresql://{parts.username}@{parts.hostname}:{parts.port}{parts.path}"
+    with psycopg.connect(admin, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {store}")
+    try:
+        netloc = f"{parts.username}:{secret}@{parts.hostname}:{parts.port}"
+        args = (
+            f"hydra.sweeper.storage=postgresql://{netloc}{parts.path}",
+            f"hydra.sweeper.mlflow_uri=postgresql+psycopg://{netloc}/{store}",
+            "hydra.sweeper.mlflow=true",
+            f"hydra.sweeper.study_name={study_name}",
+            "hydra.sweeper.n_trials=2",
+            "steps=2",
+            "results=true",
+            "hydra.sweeper.artifacts=[results.json]",
+        )
+        res = sweep(tmp_path, *args, timeout=300)
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, out
+        assert secret not in out and f"postgresql+psycopg://{parts.username}:***@" in out
+        written = [p for p in tmp_path.rglob("*") if p.is_file()]
+        assert sum(p.name == "hydra.yaml" for p in written) == 2 and any(p.name == "results.json" for p in written)
+        assert not [p for p in written if secret.encode() in p.read_bytes()]
+        with psycopg.connect(f"{admin.rsplit('/', 1)[0]}/{store}") as db:
+            tables = [r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+            assert "runs" in tables and db.execute("SELECT count(*) FROM runs").fetchone()[0] == 3  # study + 2 trials
+            assert db.execute("SELECT count(*) FROM metrics WHERE key = 'loss'").fetchone()[0] == 4  # jobs logged
+            for table in tables:
+                rows = db.execute(f'SELECT t::text FROM "{table}" t').fetchall()
+                assert not [r for r in rows if secret in r[0]], table
+    finally:
+        with psycopg.connect(admin, autocommit=True) as db:
+            db.execute(f"DROP DATABASE IF EXISTS {store} WITH (FORCE)")
