@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 import sqlalchemy
+from optuna.storages.journal import JournalRedisBackend
 
 from .errors import StorageFailure, UserError, reason_of
 
@@ -462,8 +463,6 @@ def _redis(url: str, quiet: bool = False, outage_timeout: float | None = OUTAGE_
     except ImportError:
         package = "redis (pip install 'hydra-study-sweeper[redis]')"
         raise UserError(f"hydra.sweeper.storage={masked(url)!r} needs {package}") from None
-    from optuna.storages.journal import JournalRedisBackend
-
     try:  # the backend connects lazily: an unusable server should fail here, within CONNECT_TIMEOUT
         client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
         client.ping()
@@ -475,12 +474,50 @@ def _redis(url: str, quiet: bool = False, outage_timeout: float | None = OUTAGE_
     if "socket_timeout=" not in url:  # a server that stops answering must not hang the sweep
         sep = "&" if "?" in url else "?"
         url = f"{url}{sep}socket_connect_timeout={CONNECT_TIMEOUT}&socket_timeout={STATEMENT_TIMEOUT}"
-    storage = optuna.storages.JournalStorage(JournalRedisBackend(url))
+    storage = optuna.storages.JournalStorage(GuardedRedisBackend(url, shown))
     if outage_timeout:  # a restart of the server (with persistence) is waited for, as a database's
         storage.__class__ = PatientJournalStorage
         storage.outage = outage = Outage.of(shown, outage_timeout)
         outage.before_retry = lambda: stop_if_vanished(storage, outage)
     return storage
+
+
+# one journal entry appended only while the journal this process has read is still there; atomic,
+# so a flush or an empty restart between a check and the write cannot let an entry through
+APPEND_IF_THERE = """
+local key = ARGV[1] .. ':log_number'
+if redis.call('exists', key) == 0 then
+  if ARGV[3] == '1' then return -1 end
+  redis.call('set', key, -1)
+end
+local i = redis.call('incr', key)
+redis.call('set', ARGV[1] .. ':log:' .. i, ARGV[2])
+return i
+"""
+
+
+class GuardedRedisBackend(JournalRedisBackend):
+    """Optuna's Redis journal that never writes into a study that vanished: once this process has
+    seen the journal (read an entry, or written one), an append finds it gone (the server was
+    flushed, or restarted empty) and raises a StorageFailure instead of starting a new journal of
+    the same name. Every process of a sweep, job reporters included, writes through it."""
+
+    def __init__(self, url: str, shown: str) -> None:
+        super().__init__(url)
+        self._shown, self._seen = shown, False
+
+    def read_logs(self, log_number_from: int) -> Any:
+        for entry in super().read_logs(log_number_from):
+            self._seen = True
+            yield entry
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        if self._use_cluster:  # scripts must name their keys on a cluster: Optuna's own way
+            return super().append_logs(logs)
+        for entry in logs:
+            if self._redis.eval(APPEND_IF_THERE, 0, self._prefix, json.dumps(entry), int(self._seen)) == -1:
+                raise StorageFailure(self._shown, VANISHED)
+            self._seen = True
 
 
 def stop_if_vanished(storage: Any, outage: Outage) -> None:

@@ -3,11 +3,10 @@ study vanished (the server restarted empty) stops with a clear error instead of 
 study of the same name. Against a redis-server this test starts itself on a port of its own."""
 
 import signal
-import time
 
 import pytest
 
-from .helpers import finish, start, sweep, wait_until
+from .helpers import finish, output, start, sweep, wait_until
 from .servers import Redis
 
 pytestmark = pytest.mark.slow
@@ -31,7 +30,8 @@ def test_a_worker_whose_study_vanished_stops_instead_of_going_on_in_an_empty_one
         job = tmp_path / "sweeps" / "sphere" / "1"
         wait_until(job.is_dir, proc, "trial 1 never started", timeout=120)
         server.stop(signal.SIGKILL)  # the server restarts with nothing: no snapshot, no AOF
-        time.sleep(3)  # the worker meets the server away, and waits for it
+        # the worker meets the server away, and waits for it: said before the server comes back
+        wait_until(lambda: "is unreachable" in output(proc), proc, "the worker never met the outage", 60)
         server.start()
         out = finish(proc, 120)
         assert proc.returncode == 2, out
@@ -54,7 +54,7 @@ def test_a_server_with_persistence_that_restarts_is_waited_for_and_the_sweep_rea
         proc = start(tmp_path, *args)
         wait_until((tmp_path / "sweeps" / "sphere" / "2").is_dir, proc, "trial 2 never started", timeout=120)
         server.stop(signal.SIGKILL)  # a crash; the append-only file keeps every write
-        time.sleep(3)
+        wait_until(lambda: "is unreachable" in output(proc), proc, "the worker never met the outage", 60)
         server.start()
         out = finish(proc, 180)
         assert proc.returncode == 0, out
@@ -62,3 +62,26 @@ def test_a_server_with_persistence_that_restarts_is_waited_for_and_the_sweep_rea
         trials = optuna.load_study(study_name="sphere", storage=open_storage(server.url, 10, None, quiet=True)).trials
         assert sum(map(counts_toward_target, trials)) == 12
         assert len({t.number for t in trials}) == len(trials)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_study_flushed_while_a_trial_reports_gets_no_write_from_any_process(tmp_path, launcher):
+    """FLUSHALL drops no connection: the jobs' reporters (in the sweeper's process, or in joblib's
+    workers) and the sweeper must each find the study gone at their next write and write nothing."""
+    import redis
+
+    with Redis(*VOLATILE) as server:
+        server.start()
+        args = (f"hydra.sweeper.storage={server.url}", "hydra.sweeper.n_trials=20", "steps=200", "step_seconds=0.02")
+        if launcher == "joblib":
+            args += ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2")
+        proc = start(tmp_path, *args)
+        log = tmp_path / "sweeps" / "sphere" / "1" / "sphere.log"
+        wait_until(lambda: log.is_file() and "step 5 of" in log.read_text(), proc, "trial 1 never reported", 120)
+        client = redis.Redis.from_url(server.url)
+        client.flushall()
+        out = finish(proc, 120)
+        assert proc.returncode == 2, out
+        assert "vanished" in out and "empty study of the same name" in out
+        assert client.dbsize() == 0, sorted(client.keys())[:10]  # nothing written after the flush
+        assert "Traceback" not in out, out
