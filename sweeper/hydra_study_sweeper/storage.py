@@ -199,7 +199,8 @@ def lost_connection(err: BaseException | None) -> bool:
         seen.add(id(err))
         if transient(err) or isinstance(err, ConnectionError):
             return True
-        if type(err).__name__ in ("OperationalError", "InterfaceError"):
+        # the DB-API's classes by name, subclasses too (psycopg's AdminShutdown is an OperationalError)
+        if any(c.__name__ in ("OperationalError", "InterfaceError") for c in type(err).__mro__):
             return True
         err = err.__cause__ or err.__context__
     return False

@@ -159,7 +159,8 @@ def test_a_storage_path_through_a_file_is_named(tmp_path):
 def test_no_url_password_reaches_output_files_or_the_mlflow_store(tmp_path, study_name):
     """A password in the storage URL and in mlflow_uri: no console line, no file under the sweep's
     folder (jobs' .hydra files included), and no row of the MLflow store holds it."""
-    pytest.importorskip("mlflow") if os.environ.get("CI") != "true" else __import__("mlflow")
+    if os.environ.get("CI") != "true":  # under CI the dev extras are there: a missing one fails
+        pytest.importorskip("mlflow")
     import psycopg
 
     parts = urlsplit(server("postgresql"))
@@ -197,3 +198,40 @@ def test_no_url_password_reaches_output_files_or_the_mlflow_store(tmp_path, stud
     finally:
         with psycopg.connect(admin, autocommit=True) as db:
             db.execute(f"DROP DATABASE IF EXISTS {store} WITH (FORCE)")
+
+
+def test_a_pool_reset_after_a_real_lost_connection_is_quiet_and_its_record_is_still_what_we_filter(caplog):
+    """SQLAlchemy logs a connection it could not roll back on its way back to the pool, traceback
+    and all: a real one (its server process terminated while checked out) is logged under the
+    logger name and text the sweeper's filter expects, and the filter drops it."""
+    import logging
+
+    import psycopg
+    import sqlalchemy
+    from hydra_study_sweeper import storage
+
+    url = server("postgresql")
+    engine = sqlalchemy.create_engine(sqlalchemy.engine.make_url(url).set(drivername="postgresql+psycopg"))
+
+    def lose_one() -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="sqlalchemy.pool"):
+            conn = engine.raw_connection()  # the pooled connection itself, as Optuna's sessions leave it
+            cursor = conn.cursor()
+            cursor.execute("SELECT pg_backend_pid()")  # opens a transaction
+            pid = cursor.fetchone()[0]
+            with psycopg.connect(url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            conn.close()  # back to the pool, whose rollback meets a connection whose server is gone
+        return [r.getMessage() for r in caplog.records if r.name.startswith("sqlalchemy.pool")]
+
+    pool_log = logging.getLogger(f"sqlalchemy.pool.impl.{type(engine.pool).__name__}")
+    kept = list(pool_log.filters)
+    try:
+        pool_log.filters = [f for f in kept if not isinstance(f, storage._LostReset)]
+        assert lose_one() == ["Exception during reset or similar"]  # what the filter is written for
+        storage.quiet_lost_resets()
+        assert lose_one() == []
+    finally:
+        pool_log.filters = kept
+        engine.dispose()

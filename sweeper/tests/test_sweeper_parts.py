@@ -276,3 +276,60 @@ def test_a_reset_that_failed_because_the_server_went_away_is_not_logged_with_its
         reset_failed(ValueError("a bug, not an outage"))
         pool_log.error("something else entirely")
     assert [r.getMessage() for r in caplog.records] == ["Exception during reset or similar", "something else entirely"]
+
+
+def halving(min_trials):
+    from hydra_study_sweeper.pruners import Patient
+
+    sha = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3, min_early_stopping_rate=0)
+    return sha if min_trials is None else Patient(sha, min_trials=min_trials)
+
+
+def at_rung(study, value):
+    """A new trial reports `value` at step 1; whether the study's pruner stops it."""
+    trial = study.ask()
+    trial.report(value, 1)
+    return trial.should_prune()
+
+
+def test_patient_holds_back_a_stop_until_enough_other_trials_reached_the_step():
+    bare = optuna.create_study(direction="maximize", pruner=halving(None))
+    patient = optuna.create_study(direction="maximize", pruner=halving(3))
+    for study in (bare, patient):
+        assert not at_rung(study, 0.9)  # the first at its rung
+    assert at_rung(bare, 0.1)  # halving alone judges the second trial against the first
+    assert not at_rung(patient, 0.1)  # one other at this step: too little evidence
+    assert not at_rung(patient, 0.8)
+    assert at_rung(patient, 0.05)  # three others reached it: the wrapped pruner's stop stands
+    assert not at_rung(patient, 0.95)  # and its "go on" always did
+
+
+def test_patient_refuses_what_is_not_a_pruner_and_a_bad_count_and_unwraps_to_the_pruner_inside():
+    from hydra_study_sweeper.pruners import Patient, inner
+
+    with pytest.raises(TypeError, match="is not an Optuna pruner"):
+        Patient("median")
+    with pytest.raises(ValueError, match=r"min_trials=-1 is not allowed"):
+        Patient(optuna.pruners.MedianPruner(), min_trials=-1)
+    sha = halving(None)
+    assert inner(Patient(Patient(sha, 1), 2)) is sha
+
+
+def test_a_trial_pruned_by_patient_halving_says_what_it_was_compared_with():
+    """The reason a job's reporter stores: the pruner inside the Patient, and the share of the
+    trials at the rung it was not among."""
+    from hydra_study_sweeper.job import IN_PROCESS, PRUNED_ATTR, Reporter, SweepTrial
+
+    study = optuna.create_study(study_name="patient", direction="maximize", pruner=halving(3))
+    for value in (0.9, 0.8, 0.7, 0.6):
+        at_rung(study, value)
+    late = study.ask()
+    IN_PROCESS["patient"] = (os.getpid(), study)
+    try:
+        report = Reporter(SweepTrial("patient", late.number), name="val_acc", unit="epoch")
+        assert report(1, 0.1) is False
+    finally:
+        del IN_PROCESS["patient"]
+    said = "pruned by SuccessiveHalvingPruner at epoch 1: val_acc 0.1; not in the best 1/3 of the 5 trials"
+    assert report.reason == said + " that reached this rung (epoch 1)"
+    assert study.trials[late.number].user_attrs[PRUNED_ATTR] == report.reason
