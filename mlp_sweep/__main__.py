@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ TRUSTED = ("mlp_sweep.*", "torch.optim.*")  # what config `_target_`s may instan
 CONF = str(_PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent / "conf")
 # the presets' `hydra.sweeper.direction: ${mlp_sweep_directions:${optimized_metric}}`
 OmegaConf.register_resolver("mlp_sweep_directions", directions, replace=True)
+# the search path names the folder of the experiment files a sweep writes (config.yaml): until the
+# first sweep writes one it does not exist, which is expected, not worth a warning at every compose
+warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=outputs/configs is not available")
 
 
 @hydra.main(config_path=CONF, config_name="config", execution_whitelist=TRUSTED)

@@ -190,16 +190,14 @@ def _sizes(raw: Raw, n_train: int, n_val: int, name: str, scale_to_fit: bool) ->
         )
     scale = pool / (n_train + n_val)
     new_val = max(1, round(n_val * scale))
-    log.info(
-        "data_size %d + %d exceeds the %d images of %s: scaled to %d + %d",
-        n_train,
-        n_val,
-        pool,
-        name,
-        pool - new_val,
-        new_val,
-    )
+    _say_scaled(n_train, n_val, pool, name, pool - new_val, new_val)
     return pool - new_val, new_val
+
+
+@functools.lru_cache(maxsize=16)
+def _say_scaled(*sizes: Any) -> None:
+    """Said once a process (a sweep's trials in one process would each say it again)."""
+    log.info("data_size %d + %d exceeds the %d images of %s: scaled to %d + %d", *sizes)
 
 
 def stratified_split(y: np.ndarray, n_train: int, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

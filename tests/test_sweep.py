@@ -33,6 +33,10 @@ def test_tpe_default_runs_to_target_then_resumes_to_a_larger_one(tmp_path):
     log = res.stdout + res.stderr
     assert "trial 0 start: optimizer.lr=" in log and "trial 2 end: val_acc=" in log
     assert "progress: 3 / 3 trials done, best val_acc" in log
+    # a first run in a fresh folder says nothing it did not cause: no warning about the experiment
+    # files' folder a sweep creates, the digits' scaled size once, not once per trial
+    assert "Warning" not in res.stderr, res.stderr
+    assert log.count("exceeds the 1437 images of digits") == 1
 
     res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=5")
     assert res.returncode == 0, res.stderr
