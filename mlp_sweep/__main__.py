@@ -47,6 +47,7 @@ def train_one(cfg: DictConfig) -> float | tuple[float, ...] | dict[int, Any]:
 
     from . import data
     from .model import build
+    from .precision import label
     from .train import cores, fit, pick_device, set_threads
 
     hydra_cfg = HydraConfig.get()
@@ -62,13 +63,14 @@ def train_one(cfg: DictConfig) -> float | tuple[float, ...] | dict[int, Any]:
     if trial is not None:
         log.info("trial %d of study %s: %s", trial.number, trial.study, " ".join(hydra_cfg.overrides.task))
     log.info(
-        "%s: %d train / %d val / %d test images, %s, %d threads, %s parameters",
+        "%s: %d train / %d val / %d test images, %s, %d threads, %s, %s parameters",
         cfg.data.name,
         len(splits.y_train),
         len(splits.y_val),
         len(splits.y_test),
         device,
         threads,
+        label(cfg.trainer.precision, device),
         f"{sum(p.numel() for p in model.parameters()):,}",
     )
     objective = metric_list(cfg.optimized_metric)[0]
@@ -110,6 +112,7 @@ def train_stack(cfg: DictConfig, members: list[Any]) -> dict[int, Any]:
     run writes, each member's result is its own (None for one whose config is invalid: its
     metrics.json says why)."""
     from . import stacked
+    from .precision import label
     from .train import cores, pick_device, set_threads
 
     hydra_cfg = HydraConfig.get()
@@ -137,7 +140,8 @@ def train_stack(cfg: DictConfig, members: list[Any]) -> dict[int, Any]:
                 member.on_epoch = lambda epoch, row, r=member.reporter: r(epoch, row.get(objective), row)
             streams.setdefault(stacked.stream_key(member_cfg), []).append((m, member))
         trained = sum(map(len, streams.values()))
-        log.info("stack of %d trials (%d data stream(s)), %s, %d threads", trained, len(streams), device, threads)
+        how = f"{device}, {threads} threads, {label(cfg.trainer.precision, device)}"
+        log.info("stack of %d trials (%d data stream(s)), %s", trained, len(streams), how)
         for group in streams.values():
             _train_stream([member for _, member in group], device)
             for m, member in group:

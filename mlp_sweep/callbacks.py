@@ -3,6 +3,7 @@ summarize a grid run by Hydra's basic sweeper."""
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checks import check, directions, metric_list
 from .errors import UserError, fail
+
+log = logging.getLogger("mlp_sweep")
 
 
 def writable_dir_problem(key: str, path: str) -> str | None:
@@ -63,6 +66,20 @@ class CheckBeforeRun(Callback):
         problem = direction_problem(config)
         if problem:
             fail(problem)
+        say_precision(config)
+
+
+def say_precision(config: DictConfig) -> None:
+    """What trainer.precision=auto picks on this machine, said once at the start of a sweep (each
+    job resolves it again on the device it runs on and keeps it in its metrics.json)."""
+    if OmegaConf.select(config, "trainer.precision", default=None) != "auto":
+        return
+    from .precision import resolve
+    from .train import pick_device
+
+    device = pick_device(str(config.trainer.device))
+    precision, why = resolve("auto", device)
+    log.info("trainer.precision=auto: trials on this machine train in %s (%s)", precision, why)
 
 
 class SummarizeGrid(Callback):

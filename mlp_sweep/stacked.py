@@ -7,7 +7,7 @@ the padded units held at exactly zero. Each member keeps its own learning rate, 
 dropout, label smoothing, initialization seed, leaky slope (ReLU is slope 0), width, epochs and
 patience. Members that need a different data stream (another data size, batch size, seed or
 augmentation) train after each other; those whose model this module does not stack (batch or
-layer norm, residual blocks, a fixed projection, a weight average, bf16, an unknown optimizer)
+layer norm, residual blocks, a fixed projection, a weight average, an unknown optimizer)
 train alone with `train.fit`.
 
 What a member sees is what it would see alone: the same batch order and augmentation (drawn from
@@ -35,7 +35,8 @@ from torch import nn
 
 from .data import Splits
 from .model import build
-from .train import EVAL_BATCH, Metrics, _autocast, _schedule, data_stream, measure, say_epoch
+from .precision import autocast, resolve
+from .train import EVAL_BATCH, Metrics, data_stream, lr_schedule, measure, say_epoch
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def network_key(cfg: DictConfig) -> str | None:
     """What members must share to be one network; None for a member this module cannot stack."""
     m, t, opt = cfg.model, cfg.trainer, OmegaConf.to_container(cfg.optimizer, resolve=True)
     target = opt.get("_target_")
-    if m.norm != "none" or t.get("ema") is not None or t.precision != "fp32" or target not in OPTIMIZERS:
+    if m.norm != "none" or t.get("ema") is not None or target not in OPTIMIZERS:
         return None
     if cfg.data.get("project") or m.get("block", "plain") != "plain":  # trained alone, beside the stack
         return None
@@ -359,6 +360,7 @@ def fit_stream(
     steps_per_epoch = math.ceil(n / trainer.batch_size)
     g, batch, mixer = data_stream(splits, trainer, augmentation)  # the same draws as a single run's
     factor = _lr_factors(trainer, steps_per_epoch)
+    amp = autocast(device, resolve(trainer.precision, device)[0])  # bf16 products as a single run's
     nets = [Stack(group, splits.in_features, splits.n_classes, device) for group in stacks]
     for m in members:
         m.best = None
@@ -378,8 +380,9 @@ def fit_stream(
             xb, target = mixer(xb, yb, g) if mixer.on else (xb, yb)
             lr_factor = factor(step)
             for s, loss_sum, right in zip(nets, sums, correct, strict=True):
-                logits = s.forward(xb, train=True)
-                losses = s.losses(logits, target)
+                with amp:
+                    logits = s.forward(xb, train=True).float()
+                    losses = s.losses(logits, target)
                 losses.sum().backward()
                 optimizer_step(s, lr_factor)
                 loss_sum += losses.detach() * len(idx)
@@ -387,7 +390,7 @@ def fit_stream(
             step += 1
         seconds = time.perf_counter() - t0
         for s, loss_sum, right in zip(nets, sums, correct, strict=True):
-            _end_epoch(s, epoch, loss_sum / n, right.float() / n, splits, seconds, n)
+            _end_epoch(s, epoch, loss_sum / n, right.float() / n, splits, seconds, n, amp)
     for m in members:
         m.metrics = _final(m, splits, start)
 
@@ -395,21 +398,22 @@ def fit_stream(
 def _lr_factors(trainer: Any, steps_per_epoch: int) -> Callable[[int], float]:
     """The per-step lr multiplier a single run's LambdaLR applies (1 for a constant schedule)."""
     dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    schedule = _schedule(dummy, trainer, steps_per_epoch)
+    schedule = lr_schedule(dummy, trainer, steps_per_epoch)
     if schedule is None:
         return lambda step: 1.0
     return lambda step: schedule.lr_lambdas[0](step)
 
 
 @torch.no_grad()
-def _evaluate(s: Stack, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _evaluate(s: Stack, x: torch.Tensor, y: torch.Tensor, amp: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Each member's mean cross-entropy and accuracy on (x, y), as train.evaluate measures them."""
     k = len(s.members)
     loss = torch.zeros(k, device=x.device)
     right = torch.zeros(k, device=x.device, dtype=torch.int64)
     for i in range(0, len(y), EVAL_BATCH):
         xb, yb = x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]
-        logits = s.forward(xb, train=False)
+        with amp:
+            logits = s.forward(xb, train=False).float()
         logp = torch.log_softmax(logits, -1)
         loss -= logp.gather(-1, yb.expand(k, -1)[..., None]).squeeze(-1).sum(-1)
         right += (logits.argmax(-1) == yb).sum(-1)
@@ -417,10 +421,17 @@ def _evaluate(s: Stack, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def _end_epoch(
-    s: Stack, epoch: int, train_loss: torch.Tensor, train_acc: torch.Tensor, splits: Splits, seconds: float, n: int
+    s: Stack,
+    epoch: int,
+    train_loss: torch.Tensor,
+    train_acc: torch.Tensor,
+    splits: Splits,
+    seconds: float,
+    n: int,
+    amp: Any,
 ) -> None:
     """Validate every member, keep its best epoch, report it; the members that stop leave."""
-    val_loss, val_acc = _evaluate(s, splits.x_val, splits.y_val)
+    val_loss, val_acc = _evaluate(s, splits.x_val, splits.y_val, amp)
     alive = []
     for i, m in enumerate(s.members):
         t = m.cfg.trainer
@@ -467,7 +478,9 @@ def _final(m: Member, splits: Splits, start: float) -> Metrics:
                 linear.weight.copy_(m.best[2 * j])
                 linear.bias.copy_(m.best[2 * j + 1])
     m.model = model
-    autocast = _autocast(splits.x_train.device, "fp32")
-    return measure(
-        model, splits, m.cfg.trainer, autocast, m.history, m.status, m.best_epoch, start, m.images_seen, m.train_seconds
-    )
+    device = splits.x_train.device
+    precision = resolve(m.cfg.trainer.precision, device)[0]
+    amp, t = autocast(device, precision), m.cfg.trainer
+    metrics = measure(model, splits, t, amp, m.history, m.status, m.best_epoch, start, m.images_seen, m.train_seconds)
+    metrics.precision = precision
+    return metrics

@@ -20,6 +20,8 @@ from torch import nn
 from .augment import Batcher, Mixer
 from .data import Splits
 from .model import Projection
+from .precision import autocast as precision_autocast
+from .precision import resolve as resolve_precision
 
 log = logging.getLogger(__name__)
 epoch_log = logging.getLogger("mlp_sweep.epochs")  # one line an epoch; a sweep keeps them in each trial's log file
@@ -48,6 +50,7 @@ class Metrics:
     fixed_params: int = 0  # weights that are applied, never trained (data.project): forward only, 2 FLOP each
     val_acc_mirror: float | None = None  # with trainer.tta_shift: the image and its mirror image only
     test_acc_mirror: float | None = None
+    precision: str = "fp32"  # what the products ran in: fp32 or bf16 (trainer.precision=auto resolved)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,8 +93,9 @@ def fit(
     optimizer = make_optimizer(model.parameters())
     n = len(splits.y_train)
     steps_per_epoch = math.ceil(n / trainer.batch_size)
-    schedule = _schedule(optimizer, trainer, steps_per_epoch)
-    autocast = _autocast(device, trainer.precision)
+    schedule = lr_schedule(optimizer, trainer, steps_per_epoch)
+    precision = resolve_precision(trainer.precision, device)[0]
+    autocast = precision_autocast(device, precision)
     g, batch, mixer = data_stream(splits, trainer, augmentation)
     ema = Averaged(model, float(trainer.ema)) if trainer.get("ema") is not None else None
     judged = ema.model if ema else model  # what is validated, kept as the best epoch and saved
@@ -133,7 +137,9 @@ def fit(
             break
 
     model.load_state_dict(best_state)  # with trainer.ema, the averaged weights
-    return measure(model, splits, trainer, autocast, history, status, best_epoch, start, images_seen, train_seconds)
+    metrics = measure(model, splits, trainer, autocast, history, status, best_epoch, start, images_seen, train_seconds)
+    metrics.precision = precision
+    return metrics
 
 
 def data_stream(splits: Splits, trainer: Any, augmentation: Any) -> tuple[torch.Generator, Batcher, Mixer]:
@@ -306,13 +312,7 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _schedule(optimizer: torch.optim.Optimizer, trainer: Any, steps_per_epoch: int) -> Any:
+def lr_schedule(optimizer: torch.optim.Optimizer, trainer: Any, steps_per_epoch: int) -> Any:
     """Per-step lr multiplier: none for constant; linear warmup then cosine decay to 0."""
     if trainer.lr_schedule == "constant":
         return None

@@ -33,7 +33,7 @@ def test_default_and_named_configs_are_valid(cfg_of):
         ("model.num_layers=0", "model.num_layers=0 is not allowed"),
         ("data_size.train=0", "data_size.train=0 is not allowed: use an integer >= 1"),
         ("trainer.batch_size=0", "trainer.batch_size=0 is not allowed: use an integer >= 1"),
-        ("trainer.precision=fp16", "trainer.precision='fp16' is not allowed: use fp32 or bf16"),
+        ("trainer.precision=fp16", "trainer.precision='fp16' is not allowed: use auto (bf16 on bf16 units)"),
         ("optimized_metric=test_acc", "optimized_metric='test_acc' is not allowed"),
         ("model.hidden_size=abc", "model.hidden_size='abc' is not allowed"),
     ],

@@ -48,6 +48,7 @@ def test_digits_run_writes_metrics_curves_and_weights(tmp_path):
 def test_the_saved_model_holds_the_averaged_weights_and_tta_is_in_the_metrics(tmp_path):
     from mlp_sweep import data
     from mlp_sweep.model import build
+    from mlp_sweep.precision import autocast
     from mlp_sweep.train import evaluate
 
     runs = {}
@@ -66,8 +67,9 @@ def test_the_saved_model_holds_the_averaged_weights_and_tta_is_in_the_metrics(tm
     splits = data.load(cfg, OmegaConf.create({"train": 20000, "val": 4000}), 0, "cpu")
     model = build(splits.in_features, splits.n_classes, **OmegaConf.load(CONF / "model" / "mlp.yaml"))
     model.load_state_dict(weights)  # what was saved is what was validated and reported
-    assert evaluate(model, splits.x_val, splits.y_val)[1] == metrics["val_acc"]
-    assert evaluate(model, splits.x_val, splits.y_val, flips=True)[1] == metrics["val_acc_tta"]
+    amp = autocast(torch.device("cpu"), metrics["precision"])  # in the precision the run used
+    assert evaluate(model, splits.x_val, splits.y_val, amp)[1] == metrics["val_acc"]
+    assert evaluate(model, splits.x_val, splits.y_val, amp, flips=True)[1] == metrics["val_acc_tta"]
     assert any(not torch.equal(weights[k], runs["raw"][1][k]) for k in weights)
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from mlp_sweep import data
 from mlp_sweep.model import build
+from mlp_sweep.precision import autocast
 from mlp_sweep.train import Averaged, evaluate, fit, shifted
 
 
@@ -201,16 +202,18 @@ def test_a_projected_model_counts_its_fixed_layer_as_forward_only(cfg_of):
 
 
 def test_tta_figures_are_reported_beside_the_plain_ones_only_when_asked(cfg_of):
+    """Each figure is the one evaluate gives in the precision the run trained in."""
     model, splits, m = run(cfg_of("data=digits", "trainer.epochs=2", "trainer.tta=true"))
-    assert m.val_acc_tta == evaluate(model, splits.x_val, splits.y_val, flips=True)[1]
-    assert m.test_acc_tta == evaluate(model, splits.x_test, splits.y_test, flips=True)[1]
-    assert m.val_acc == evaluate(model, splits.x_val, splits.y_val)[1]  # the plain figure stays plain
+    amp = autocast(torch.device("cpu"), m.precision)
+    assert m.val_acc_tta == evaluate(model, splits.x_val, splits.y_val, amp, flips=True)[1]
+    assert m.test_acc_tta == evaluate(model, splits.x_test, splits.y_test, amp, flips=True)[1]
+    assert m.val_acc == evaluate(model, splits.x_val, splits.y_val, amp)[1]  # the plain figure stays plain
     _, _, plain = run(cfg_of("data=digits", "trainer.epochs=2"))
     assert plain.val_acc_tta is None and plain.test_acc_tta is None
     model, splits, m = run(cfg_of("data=digits", "trainer.epochs=2", "trainer.tta=true", "trainer.tta_shift=1"))
-    assert m.test_acc_tta == evaluate(model, splits.x_test, splits.y_test, flips=True, shift=1)[1]
-    assert m.test_acc_mirror == evaluate(model, splits.x_test, splits.y_test, flips=True)[1]
-    assert m.val_acc_mirror == evaluate(model, splits.x_val, splits.y_val, flips=True)[1]
+    assert m.test_acc_tta == evaluate(model, splits.x_test, splits.y_test, amp, flips=True, shift=1)[1]
+    assert m.test_acc_mirror == evaluate(model, splits.x_test, splits.y_test, amp, flips=True)[1]
+    assert m.val_acc_mirror == evaluate(model, splits.x_val, splits.y_val, amp, flips=True)[1]
 
 
 def test_whitened_mixed_averaged_training_learns(cfg_of):
