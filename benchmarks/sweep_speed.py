@@ -20,6 +20,7 @@ training step of its kind, profiled, split into products, optimizer update and t
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -58,14 +59,13 @@ def matmul_peak(precision: str, seconds: float = 1.0) -> float:
 
 def sweep(out: Path, name: str, overrides: tuple[str, ...]) -> dict:
     wall, study = timed_sweep(out, name, *overrides)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    precisions = {t.user_attrs.get("precision") for t in done}
+    jobs = [json.loads(p.read_text()) for p in (out / name).glob("*/metrics.json")]  # every trial's own figures
     return {
         "wall": wall,
         "per_hour": 3600 * len(study.trials) / wall,
         "val": study.best_value,
-        "tflop": sum(t.user_attrs.get("train_tflop", 0.0) for t in done),
-        "precision": "/".join(sorted(p for p in precisions if p)),
+        "tflop": sum(j.get("train_tflop", 0.0) for j in jobs),
+        "precision": "/".join(sorted({j["precision"] for j in jobs if j.get("precision")})),
     }
 
 
@@ -76,13 +76,16 @@ def bound(precision: str, stack: int, steps: int, tiny: bool) -> str:
 
     from mlp_sweep import stacked
     from mlp_sweep.precision import autocast
+    from mlp_sweep.train import keep_freed_memory
 
+    keep_freed_memory()  # as training does
     width, features = (64, 64) if tiny else (275, 3072)
     cfg = {
         "model": {"num_layers": 3, "hidden_size": width, "activation": "relu", "dropout": 0.0, "norm": "none"},
         "trainer": {"seed": 0, "init_seed": None, "label_smoothing": 0.0, "precision": precision},
         "optimizer": {"_target_": "torch.optim.Adam", "lr": 1e-3, "weight_decay": 1e-5, "fused": True},
     }
+
     members = [stacked.Member(i, OmegaConf.create(cfg)) for i in range(stack)]
     for i, m in enumerate(members):
         m.cfg.model.hidden_size = width - 8 * i  # stacks mix widths

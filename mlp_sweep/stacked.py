@@ -4,7 +4,7 @@ Members that share a depth, an activation family and an optimizer form one netwo
 layer is one wide matrix product over the shared batch (in_features x the sum of the members'
 widths, unpadded), later layers are batched products (K, H, H) over widths padded to the widest,
 the padded units held at exactly zero. Each member keeps its own learning rate, weight decay,
-dropout, label smoothing, initialization seed, leaky slope (ReLU is slope 0), width, epochs and
+dropout, label smoothing, initialization seed, width, epochs and
 patience. Members that need a different data stream (another data size, batch size, seed or
 augmentation) train after each other; those whose model this module does not stack (batch or
 layer norm, residual blocks, a fixed projection, a weight average, an unknown optimizer)
@@ -36,7 +36,7 @@ from torch import nn
 from .data import Splits
 from .model import build
 from .precision import autocast, resolve
-from .train import EVAL_BATCH, Metrics, data_stream, lr_schedule, measure, say_epoch
+from .train import EVAL_BATCH, Metrics, data_stream, keep_freed_memory, lr_schedule, measure, say_epoch
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ OPTIMIZERS = {  # target -> the settings a stack's members must share (lr and we
     "torch.optim.AdamW": ("betas", "eps", "amsgrad", "maximize", "capturable", "differentiable"),
     "torch.optim.SGD": ("momentum", "dampening", "nesterov", "maximize", "differentiable"),
 }
-SLOPES = {"relu": 0.0, "leaky_relu": 0.01}  # nn.LeakyReLU's default slope
 PER_STREAM = ("batch_size", "seed", "device", "precision", "lr_schedule", "warmup_epochs")
 
 
@@ -73,7 +72,9 @@ def network_key(cfg: DictConfig) -> str | None:
     known = {"_target_", "_partial_", "lr", "weight_decay", "fused", "foreach", *OPTIMIZERS[target]}
     if set(opt) - known:
         return None
-    family = "leaky" if m.activation in SLOPES else m.activation
+    # one activation a network: ReLU and LeakyReLU members in one network cost a per-member slope
+    # (a where and a float32 product a layer), which measured slower than two networks
+    family = m.activation
     shared = {k: opt.get(k) for k in OPTIMIZERS[target]}
     return json.dumps({"layers": m.num_layers, "act": family, "opt": target, **shared}, sort_keys=True, default=str)
 
@@ -123,7 +124,9 @@ class Stack:
     """K members of one network key as stacked tensors. The first layer, which holds most of the
     work, is unpadded: its weights are the members' rows one after another (sum of widths, in), one
     product over the shared batch. Later layers are batched products (K, out, in) over the widths
-    padded to the widest; padded units are held at zero. Each member's slices are contiguous, so
+    padded to the widest; padded units are held at zero: their weights start at zero, and with an
+    activation that is 0 at 0 (all but sigmoid, which is masked) they get zero gradients, so no
+    optimizer moves them (weight decay of zero is zero). Each member's slices are contiguous, so
     torch's own optimizer kernels update them with the member's own lr and weight decay. Members
     leave at epoch ends, and what they leave is not computed any more."""
 
@@ -173,10 +176,6 @@ class Stack:
         self.dropout = [float(m.cfg.model.dropout) for m in ms]
         self.drops = any(p > 0 for p in self.dropout)
         self.smoothing = vec([float(m.cfg.trainer.label_smoothing) for m in ms])
-        slopes = [SLOPES.get(str(m.cfg.model.activation), 0.0) for m in ms]
-        self.one_slope = slopes[0] if len(set(slopes)) == 1 else None  # one kernel when all members agree
-        self.unit_slope = vec([a for a, d in zip(slopes, first, strict=True) for _ in range(d)])
-        self.slope = vec(slopes)[:, None, None]
         self.generators = [m.dropout_generator(dev) for m in ms]
         self.padded = self.layers > 1 and any(m.width < self.width for m in ms)
         # where each first-layer unit goes in the padded (K * width) layout of the later layers
@@ -186,6 +185,40 @@ class Stack:
         self.unit_mask = (torch.arange(self.width, device=dev)[None, :] < vec([m.width for m in ms])[:, None]).float()
         for p in self.params:
             p.requires_grad_(True)
+        self._updates()
+
+    def _updates(self) -> None:
+        """What each member's optimizer call takes besides its gradients, worked out once (and again
+        when members leave), not at every step: its slices of the weights and of the optimizer
+        state, its lr and weight decay; and the settings the members share."""
+        o, self.updates = self.optimizer, []
+        for k, m in enumerate(self.members):
+            mine = self.slices(self.params, k)
+            if self.kind == "SGD":
+                momentum = float(o.get("momentum", 0.0) or 0.0)
+                state = (self.slices(self.moments[0], k) if momentum else [None] * len(mine),)
+            else:
+                state = (self.slices(self.moments[0], k), self.slices(self.moments[1], k), [], self.steps[k])
+            wd = float(m.cfg.optimizer.get("weight_decay", 0.0) or 0.0)
+            self.updates.append((mine, state, float(m.cfg.optimizer.lr), wd))
+        shared = {"foreach": o.get("foreach"), "fused": o.get("fused"), "maximize": False}
+        if self.kind == "SGD":
+            self.settings = {
+                **shared,
+                "momentum": float(o.get("momentum", 0.0) or 0.0),
+                "dampening": float(o.get("dampening", 0.0) or 0.0),
+                "nesterov": bool(o.get("nesterov", False)),
+            }
+        else:
+            b1, b2 = o.get("betas", (0.9, 0.999))
+            self.settings = {
+                **shared,
+                "decoupled_weight_decay": self.kind == "AdamW",
+                "amsgrad": False,
+                "beta1": float(b1),
+                "beta2": float(b2),
+                "eps": float(o.get("eps", 1e-8)),
+            }
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -198,44 +231,42 @@ class Stack:
         h = torch.addmm(self.biases[0], x.flatten(1), self.weights[0].t())  # (B, sum of first widths)
         if self.layers == 1:
             return h.view(b, k, -1).transpose(0, 1)
-        h = self._activate(h, self.unit_slope)
+        h = self._activate(h)
         if train and self.drops:
-            h = h * torch.cat([self._keep(i, (b, hi - lo)) for i, (lo, hi) in enumerate(self.rows)], dim=1)
+            h = h * torch.cat([self._keep(i, (b, hi - lo), h.dtype) for i, (lo, hi) in enumerate(self.rows)], dim=1)
         if self.padded:
             h = h.new_zeros(b, k * self.width).index_copy(1, self.pad_index, h)
         h = h.view(b, k, self.width).transpose(0, 1)  # (K, B, width)
         for i in range(1, self.layers):
             h = torch.baddbmm(self.biases[i][:, None, :], h, self.weights[i].transpose(1, 2))
             if i < self.layers - 1:
-                h = self._activate(h, self.slope)
-                if self.padded:
-                    h = h * self.unit_mask[:, None, :]  # padded units stay exactly zero
+                h = self._activate(h)
+                if self.padded and self.activation == "sigmoid":  # the one activation not 0 at 0
+                    h = h * self.unit_mask[:, None, :].to(h.dtype)  # padded units stay exactly zero
                 if train and self.drops:
-                    keep = [self._keep(j, (b, m.width)) for j, m in enumerate(self.members)]
+                    keep = [self._keep(j, (b, m.width), h.dtype) for j, m in enumerate(self.members)]
                     h = h * torch.stack([F.pad(t, (0, self.width - t.shape[1])) for t in keep])
         return h
 
-    def _activate(self, h: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
-        if self.activation in SLOPES:
-            if self.one_slope is not None:
-                return F.leaky_relu(h, self.one_slope) if self.one_slope else torch.relu(h)
-            # each member's slope: h times (1 where h > 0, else the slope), the factor being exactly
-            # LeakyReLU's derivative (held out of autograd, which would otherwise trace a costly where)
-            with torch.no_grad():
-                factor = torch.where(h > 0, 1.0, slope)
-            return h * factor
+    def _activate(self, h: torch.Tensor) -> torch.Tensor:
+        if self.activation == "relu":
+            return torch.relu(h)
+        if self.activation == "leaky_relu":
+            return F.leaky_relu(h)  # nn.LeakyReLU's default slope, as model.build's
         if self.activation == "tanh":
             return torch.tanh(h)
         if self.activation == "sigmoid":
             return torch.sigmoid(h)
         return F.gelu(h)
 
-    def _keep(self, position: int, shape: tuple[int, int]) -> torch.Tensor:
-        """The member's dropout mask, scaled as nn.Dropout scales it, from its own generator."""
+    def _keep(self, position: int, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        """The member's dropout mask, scaled as nn.Dropout scales it, from its own generator, in the
+        activations' dtype (a float32 mask would turn bf16 activations back into float32)."""
         p = self.dropout[position]
         if p <= 0:
-            return torch.ones(shape, device=self.device)
-        return (torch.rand(shape, device=self.device, generator=self.generators[position]) >= p) / (1 - p)
+            return torch.ones(shape, device=self.device, dtype=dtype)
+        keep = torch.rand(shape, device=self.device, generator=self.generators[position]) >= p
+        return (keep / (1 - p)).to(dtype)
 
     def losses(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Each member's mean cross-entropy (K,), with its own label smoothing; target: labels (B,)
@@ -304,47 +335,14 @@ def optimizer_step(s: Stack, lr_factor: float) -> None:
     from torch.optim.adam import adam
     from torch.optim.sgd import sgd
 
-    params, o = s.params, s.optimizer
+    params = s.params
     grads = [p.grad for p in params]
-    for k, m in enumerate(s.members):
-        mine, their_grads = s.slices(params, k), s.slices(grads, k)
-        lr = float(m.cfg.optimizer.lr) * lr_factor
-        wd = float(m.cfg.optimizer.get("weight_decay", 0.0) or 0.0)
+    for k, (mine, state, lr, wd) in enumerate(s.updates):
+        their_grads = s.slices(grads, k)
         if s.kind == "SGD":
-            momentum = float(o.get("momentum", 0.0) or 0.0)
-            sgd(
-                mine,
-                their_grads,
-                s.slices(s.moments[0], k) if momentum else [None] * len(mine),
-                foreach=o.get("foreach"),
-                fused=o.get("fused"),
-                weight_decay=wd,
-                momentum=momentum,
-                lr=lr,
-                dampening=float(o.get("dampening", 0.0) or 0.0),
-                nesterov=bool(o.get("nesterov", False)),
-                maximize=False,
-            )
-            continue
-        b1, b2 = o.get("betas", (0.9, 0.999))
-        adam(
-            mine,
-            their_grads,
-            s.slices(s.moments[0], k),
-            s.slices(s.moments[1], k),
-            [],
-            s.steps[k],
-            foreach=o.get("foreach"),
-            fused=o.get("fused"),
-            decoupled_weight_decay=s.kind == "AdamW",
-            amsgrad=False,
-            beta1=float(b1),
-            beta2=float(b2),
-            lr=lr,
-            weight_decay=wd,
-            eps=float(o.get("eps", 1e-8)),
-            maximize=False,
-        )
+            sgd(mine, their_grads, state[0], lr=lr * lr_factor, weight_decay=wd, **s.settings)
+        else:
+            adam(mine, their_grads, *state, lr=lr * lr_factor, weight_decay=wd, **s.settings)
     for p in params:
         p.grad = None
 
@@ -356,6 +354,7 @@ def fit_stream(
     model end up on it."""
     start = time.perf_counter()
     device = splits.x_train.device
+    keep_freed_memory()
     n = len(splits.y_train)
     steps_per_epoch = math.ceil(n / trainer.batch_size)
     g, batch, mixer = data_stream(splits, trainer, augmentation)  # the same draws as a single run's

