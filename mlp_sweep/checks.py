@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
+from .precision import CHOICES as PRECISIONS
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu")  # model.py maps each to its module
 NORMS = ("none", "batch", "layer")
@@ -74,7 +75,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.label_smoothing": (_within(0, 1), "a number in [0, 1)"),
     "trainer.device": (_device, "auto, cpu, cuda or cuda:N"),
     "trainer.threads": (_int_at_least(0), "an integer >= 0 (0 = automatic)"),
-    "trainer.precision": (_one_of("auto", "fp32", "bf16"), "auto (bf16 on bf16 units), fp32 or bf16"),
+    "trainer.precision": (_one_of(*PRECISIONS), "auto (bf16 on bf16 units), fp32 or bf16"),
     "trainer.seed": (_int_at_least(0), "an integer >= 0"),
     "trainer.init_seed": (lambda v: v is None or _int_at_least(0)(v), "null (= trainer.seed) or an integer >= 0"),
     "trainer.ema": (lambda v: v is None or _within(0, 1)(v) and v > 0, "null (off) or a decay in (0, 1), e.g. 0.999"),

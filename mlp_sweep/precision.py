@@ -9,8 +9,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-CHOICES = ("auto", "fp32", "bf16")
-CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo's names of the units that multiply bf16
+CHOICES = ("auto", "fp32", "bf16")  # what trainer.precision takes (mlp_sweep.checks refuses the rest)
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,6 +1,6 @@
 """Stacked training: the members of a stack (trials of one sweep) trained together over shared batches.
 
-Members that share a depth, an activation family and an optimizer form one network: its first
+Members that share a depth, an activation and an optimizer form one network: its first
 layer is one wide matrix product over the shared batch (in_features x the sum of the members'
 widths, unpadded), later layers are batched products (K, H, H) over widths padded to the widest,
 the padded units held at exactly zero. Each member keeps its own learning rate, weight decay,
