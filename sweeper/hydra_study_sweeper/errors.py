@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+
+from .urls import masked
 
 
 class UserError(Exception):
@@ -32,7 +35,6 @@ class StorageFailure(Exception):
         reason = storage_error(err)
         if reason is None:
             return None
-        from .storage import masked
 
         return cls(masked(url), reason)
 
@@ -44,6 +46,16 @@ class StorageFailure(Exception):
             raise failure from err
 
 
+def causes(err: BaseException | None) -> Iterator[BaseException]:
+    """An error and the ones behind it (its __cause__, else its __context__), each once: the one
+    walk of a cause chain that every check of an error's origin uses."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
 def storage_error(err: BaseException) -> str | None:
     """The one-line reason when `err` (or what caused it) is a storage that cannot be written."""
     import sqlite3
@@ -51,16 +63,13 @@ def storage_error(err: BaseException) -> str | None:
     import optuna
     import sqlalchemy
 
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, (sqlite3.OperationalError, sqlalchemy.exc.OperationalError)):
-            return reason_of(err)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            return reason_of(err)
-        if isinstance(err, optuna.exceptions.StorageInternalError) and err.__cause__ is None:
-            return reason_of(err)
-        err = err.__cause__ or err.__context__
+    for e in causes(err):
+        if isinstance(e, (sqlite3.OperationalError, sqlalchemy.exc.OperationalError)):
+            return reason_of(e)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return reason_of(e)
+        if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ is None:
+            return reason_of(e)
     return None
 
 

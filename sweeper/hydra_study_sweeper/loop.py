@@ -30,7 +30,8 @@ from .plan import Plan
 from .recovery import Heartbeat, counts_toward_target
 from .settings import Settings
 from .signals import raise_pending
-from .storage import absolute, has_password, masked, vanished
+from .storage import vanished
+from .urls import absolute, has_password, masked
 
 log = logging.getLogger(__name__)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"

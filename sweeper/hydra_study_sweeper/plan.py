@@ -17,7 +17,8 @@ from . import gpus, repeats, space, staged, stock
 from .errors import UserError
 from .launching import runs_elsewhere
 from .settings import Settings
-from .storage import masked, open_storage
+from .storage import open_storage
+from .urls import masked
 
 
 @dataclass(frozen=True)

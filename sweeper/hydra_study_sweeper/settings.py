@@ -90,7 +90,7 @@ class Settings:
         and written masked only, and handed to jobs through the environment."""
         from dataclasses import fields
 
-        from .storage import has_password
+        from .urls import has_password
 
         found = {f.name: getattr(self, f.name) for f in fields(self)}
         return {k: v for k, v in found.items() if isinstance(v, str) and "://" in v and has_password(v)}

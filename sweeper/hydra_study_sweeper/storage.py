@@ -18,7 +18,6 @@ import fcntl
 import functools
 import json
 import logging
-import re
 import shutil
 import sqlite3
 import threading
@@ -26,13 +25,13 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 import sqlalchemy
 from optuna.storages.journal import JournalRedisBackend
 
-from .errors import StorageFailure, UserError, reason_of
+from .errors import StorageFailure, UserError, causes, reason_of
+from .urls import masked, scrub
 
 log = logging.getLogger(__name__)
 # the sweeper runs its own heartbeat thread around ask/tell, which Optuna's notes do not foresee
@@ -49,36 +48,6 @@ DRIVERS = {  # URL scheme -> (SQLAlchemy driver to use when none is named, the p
     "mysql": ("pymysql", "PyMySQL (pip install 'hydra-study-sweeper[mysql]')"),
     "mariadb": ("pymysql", "PyMySQL (pip install 'hydra-study-sweeper[mysql]')"),
 }
-
-
-def masked(url: Any) -> str:
-    """The URL as it may be shown: any password replaced by ***."""
-    if url is None:
-        return "memory"
-    text = str(url)
-    password = password_of(text)
-    if password is None:
-        return text
-    parts = urlsplit(text)
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@", 1)))
-
-
-def password_of(url: Any) -> str | None:
-    """The password in a URL, or None (also for text that is not a URL)."""
-    try:
-        return urlsplit(str(url)).password if url is not None else None
-    except ValueError:  # not a URL (an unbalanced [ in some other value)
-        return None
-
-
-def has_password(url: Any) -> bool:
-    return password_of(url) is not None
-
-
-def scrub(message: str, url: Any) -> str:
-    """An error text with the URL's password (if any) replaced by ***."""
-    password = password_of(url)
-    return message.replace(password, "***") if password else message
 
 
 def open_storage(
@@ -194,15 +163,12 @@ def quiet_lost_resets() -> None:
 def lost_connection(err: BaseException | None) -> bool:
     """transient(), or the driver's own error of a lost connection (a raw DBAPI error, as a
     rollback on the bare connection raises it): OperationalError, InterfaceError, a reset socket."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if transient(err) or isinstance(err, ConnectionError):
+    for e in causes(err):
+        if transient(e) or isinstance(e, ConnectionError):
             return True
         # the DB-API's classes by name, subclasses too (psycopg's AdminShutdown is an OperationalError)
-        if any(c.__name__ in ("OperationalError", "InterfaceError") for c in type(err).__mro__):
+        if any(c.__name__ in ("OperationalError", "InterfaceError") for c in type(e).__mro__):
             return True
-        err = err.__cause__ or err.__context__
     return False
 
 
@@ -337,32 +303,26 @@ def _reached(storage: Any, trial_id: int, state: Any, values: Any = None, **_: A
 
 def transient(err: BaseException) -> bool:
     """Whether an error (or what caused it) is a lost connection rather than a bad statement."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+    for e in causes(err):
+        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
             return True
-        if isinstance(err, (sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError)):
+        if isinstance(e, (sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError)):
             return True
-        if isinstance(err, sqlalchemy.exc.DBAPIError) and err.connection_invalidated:
+        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
             return True
-        if type(err).__module__.startswith("redis") and type(err).__name__ in REDIS_LOST:
+        if type(e).__module__.startswith("redis") and type(e).__name__ in REDIS_LOST:
             return True
-        err = err.__cause__ or err.__context__
     return False
 
 
 def lost_reason(err: BaseException) -> str:
     """The driver's own words (connection refused, server closed the connection) in one line."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, sqlalchemy.exc.DBAPIError) and err.orig is not None:
-            return " ".join(str(err.orig).split())[:300]
-        if type(err).__module__.startswith("redis"):
-            return " ".join(str(err).split())[:300]
-        err = err.__cause__ or err.__context__
-    return reason_of(err) if err is not None else "connection lost"
+    for e in causes(err):
+        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.orig is not None:
+            return " ".join(str(e.orig).split())[:300]
+        if type(e).__module__.startswith("redis"):
+            return " ".join(str(e).split())[:300]
+    return "connection lost"
 
 
 REDIS_LOST = ("ConnectionError", "TimeoutError", "BusyLoadingError")  # redis-py's errors of a server away or loading
@@ -661,21 +621,3 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
-
-
-def absolute(url: Any) -> str | None:
-    """The URL with a relative SQLite or journal path made absolute, for jobs that run elsewhere."""
-    if url is None:
-        return None
-    text = str(url)
-    if text.startswith("journal:"):
-        return "journal:" + str(Path(text.removeprefix("journal:")).absolute())
-    if text.startswith("sqlite:///") and not text.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(text.removeprefix("sqlite:///")).absolute())
-    return text
-
-
-def mask_overrides(overrides: list[str]) -> list[str]:
-    """Command-line overrides as they may be written to files: any URL's password masked, whatever
-    the key (hydra.sweeper.storage, hydra.sweeper.mlflow_uri, an app's own)."""
-    return [re.sub(r"^([^=]+=)(.*)$", lambda m: m[1] + masked(m[2]), o) for o in overrides]

@@ -21,7 +21,7 @@ from .job import IN_PROCESS, PRUNER_TARGETS, STORAGE_ENV
 from .plan import Plan
 from .rerun import record_command
 from .settings import Settings
-from .storage import absolute, has_password, mask_overrides, masked
+from .urls import absolute, has_password, mask_overrides, masked
 
 log = logging.getLogger(__name__)
 

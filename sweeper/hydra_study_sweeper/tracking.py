@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .storage import masked, scrub
+from .urls import absolute, masked, scrub
 
 log = logging.getLogger(__name__)
 MLFLOW_URI_ENV = "HYDRA_STUDY_SWEEPER_MLFLOW_URI"
@@ -40,12 +40,6 @@ def hand_to_jobs(uri: str) -> None:
     """The tracking URI reaches jobs through this process's environment (inherited by local jobs,
     passed to Ray's), never through their config files: it may hold a password."""
     os.environ[MLFLOW_URI_ENV] = uri
-
-
-def absolute_uri(uri: str) -> str:
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).absolute())
-    return uri
 
 
 def numbers(values: dict[str, Any]) -> dict[str, float]:
@@ -156,7 +150,7 @@ class SweepTracker:
 
     def __init__(self, settings: Any, study_name: str) -> None:
         self.study = study_name
-        self.uri = absolute_uri(settings.mlflow_uri) if settings.mlflow else None
+        self.uri = absolute(settings.mlflow_uri) if settings.mlflow else None
         self.board = Path(settings.tensorboard_dir).absolute() / study_name if settings.tensorboard else None
         self.artifacts = tuple(settings.artifacts)
         self.runs: dict[int, str] = {}

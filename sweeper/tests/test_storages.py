@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 import optuna
 import pytest
-from hydra_study_sweeper.storage import masked, open_storage
+from hydra_study_sweeper.storage import open_storage
+from hydra_study_sweeper.urls import masked
 
 from .helpers import SPHERE, sweep
 
