@@ -95,7 +95,7 @@ def bound(precision: str, stack: int, steps: int, tiny: bool) -> str:
 
     def step() -> None:
         with amp:
-            losses = net.losses(net.forward(x, train=True).float(), y)
+            losses = stacked.member_losses(net, net.forward(x, train=True).float(), y)
         losses.sum().backward()
         stacked.optimizer_step(net, 1.0)
 
@@ -116,6 +116,49 @@ def bound(precision: str, stack: int, steps: int, tiny: bool) -> str:
     ms = total / 1000 / steps
     parts = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(share.items(), key=lambda kv: -kv[1]))
     return f"a step of {stack} member(s) of {features}-{width}-{width}-10 in {precision}, {ms:.1f} ms: {parts}"
+
+
+def run_rows(args: argparse.Namespace, data: tuple[str, ...], peaks: dict[str, float]) -> dict[str, dict]:
+    """Every row's sweeps (one a sampler seed), printed as a table row each: the medians."""
+    print("\n| row | precision | wall s | trials/h | best val | TFLOP/s | of its matmul peak |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in args.rows:
+            extra = tuple(o.format(stack=args.stack) for o in ROWS[row])
+            overrides = (*data, *extra, "hydra/sweeper/pruner=none", f"hydra.sweeper.n_trials={args.trials}")
+            runs = [
+                sweep(Path(tmp), f"{row}-s{seed}", (*overrides, f"hydra.sweeper.sampler.seed={seed}"))
+                for seed in args.seeds
+            ]
+            r = {k: statistics.median(x[k] for x in runs) for k in ("wall", "per_hour", "val", "tflop")}
+            r["precision"] = runs[0]["precision"]
+            r["rate"] = r["tflop"] / r["wall"]
+            r["vals"] = [x["val"] for x in runs]
+            results[row] = r
+            peak = peaks.get(r["precision"], peaks["fp32"])
+            print(
+                f"| {row} | {r['precision']} | {r['wall']:.0f} | {r['per_hour']:.0f} | {r['val']:.2%} | "
+                f"{r['rate']:.3f} | {r['rate'] / peak:.0%} |",
+                flush=True,
+            )
+    return results
+
+
+def print_ratios(results: dict[str, dict]) -> None:
+    """Each row against the fp32 row: trials per hour, and best validation seed by seed."""
+    if "fp32" not in results:
+        return
+    base = results["fp32"]
+    print()
+    for row, r in results.items():
+        if row == "fp32":
+            continue
+        diffs = ", ".join(f"{100 * (a - b):+.2f}" for a, b in zip(r["vals"], base["vals"], strict=True))
+        print(
+            f"{row} / fp32: {r['per_hour'] / base['per_hour']:.2f}x the trials per hour; "
+            f"best val per sampler seed {diffs} points"
+        )
 
 
 def main() -> None:
@@ -141,38 +184,8 @@ def main() -> None:
     )
     peaks = {p: matmul_peak(p, 0.05 if args.tiny else 1.0) for p in ("fp32", "bf16")}
     print(f"matmul peak, (512 x 3072) @ (3072 x 1024): fp32 {peaks['fp32']:.3f}, bf16 {peaks['bf16']:.3f} TFLOP/s")
-    print("\n| row | precision | wall s | trials/h | best val | TFLOP/s | of its matmul peak |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for row in args.rows:
-            runs = []
-            for seed in args.seeds:  # one sweep a seed; the rows' order inside a seed stays the same
-                extra = tuple(o.format(stack=args.stack) for o in ROWS[row])
-                overrides = (*data, *extra, "hydra/sweeper/pruner=none", f"hydra.sweeper.n_trials={args.trials}")
-                runs.append(sweep(Path(tmp), f"{row}-s{seed}", (*overrides, f"hydra.sweeper.sampler.seed={seed}")))
-            r = {k: statistics.median(x[k] for x in runs) for k in ("wall", "per_hour", "val", "tflop")}
-            r["precision"] = runs[0]["precision"]
-            r["rate"] = r["tflop"] / r["wall"]
-            r["vals"] = [x["val"] for x in runs]
-            results[row] = r
-            peak = peaks.get(r["precision"], peaks["fp32"])
-            print(
-                f"| {row} | {r['precision']} | {r['wall']:.0f} | {r['per_hour']:.0f} | {r['val']:.2%} | "
-                f"{r['rate']:.3f} | {r['rate'] / peak:.0%} |",
-                flush=True,
-            )
-    if "fp32" in results:
-        base = results["fp32"]
-        print()
-        for row, r in results.items():
-            if row == "fp32":
-                continue
-            diffs = ", ".join(f"{100 * (a - b):+.2f}" for a, b in zip(r["vals"], base["vals"], strict=True))
-            print(
-                f"{row} / fp32: {r['per_hour'] / base['per_hour']:.2f}x the trials per hour; "
-                f"best val per sampler seed {diffs} points"
-            )
+    results = run_rows(args, data, peaks)
+    print_ratios(results)
     fastest = max(results, key=lambda k: results[k]["per_hour"])
     stack = args.stack if fastest == "auto-stack" else 1
     profiled = bound(results[fastest]["precision"] or "fp32", stack, 5 if args.tiny else 20, args.tiny)

@@ -185,40 +185,7 @@ class Stack:
         self.unit_mask = (torch.arange(self.width, device=dev)[None, :] < vec([m.width for m in ms])[:, None]).float()
         for p in self.params:
             p.requires_grad_(True)
-        self._updates()
-
-    def _updates(self) -> None:
-        """What each member's optimizer call takes besides its gradients, worked out once (and again
-        when members leave), not at every step: its slices of the weights and of the optimizer
-        state, its lr and weight decay; and the settings the members share."""
-        o, self.updates = self.optimizer, []
-        for k, m in enumerate(self.members):
-            mine = self.slices(self.params, k)
-            if self.kind == "SGD":
-                momentum = float(o.get("momentum", 0.0) or 0.0)
-                state = (self.slices(self.moments[0], k) if momentum else [None] * len(mine),)
-            else:
-                state = (self.slices(self.moments[0], k), self.slices(self.moments[1], k), [], self.steps[k])
-            wd = float(m.cfg.optimizer.get("weight_decay", 0.0) or 0.0)
-            self.updates.append((mine, state, float(m.cfg.optimizer.lr), wd))
-        shared = {"foreach": o.get("foreach"), "fused": o.get("fused"), "maximize": False}
-        if self.kind == "SGD":
-            self.settings = {
-                **shared,
-                "momentum": float(o.get("momentum", 0.0) or 0.0),
-                "dampening": float(o.get("dampening", 0.0) or 0.0),
-                "nesterov": bool(o.get("nesterov", False)),
-            }
-        else:
-            b1, b2 = o.get("betas", (0.9, 0.999))
-            self.settings = {
-                **shared,
-                "decoupled_weight_decay": self.kind == "AdamW",
-                "amsgrad": False,
-                "beta1": float(b1),
-                "beta2": float(b2),
-                "eps": float(o.get("eps", 1e-8)),
-            }
+        self.updates, self.settings = optimizer_calls(self)
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -268,18 +235,6 @@ class Stack:
         keep = torch.rand(shape, device=self.device, generator=self.generators[position]) >= p
         return (keep / (1 - p)).to(dtype)
 
-    def losses(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Each member's mean cross-entropy (K,), with its own label smoothing; target: labels (B,)
-        or soft targets (B, C), as F.cross_entropy takes them."""
-        logp = torch.log_softmax(logits, dim=-1)
-        if target.dim() == 1:
-            nll = -logp.gather(-1, target.expand(logp.shape[0], -1)[..., None]).squeeze(-1)
-        else:
-            nll = -(logp * target).sum(-1)
-        smooth = -logp.mean(-1)
-        eps = self.smoothing[:, None]
-        return ((1 - eps) * nll + eps * smooth).mean(-1)
-
     def slices(self, tensors: list[torch.Tensor], position: int) -> list[torch.Tensor]:
         lo, hi = self.rows[position]
         n = len(self.weights)
@@ -315,17 +270,66 @@ class Stack:
         self.members = [self.members[i] for i in alive]
         self._vectors()
 
-    def member_weights(self, position: int) -> list[torch.Tensor]:
-        """The member's own (unpadded) weight and bias of each layer, as build()'s Linear layers hold them."""
-        m, (lo, hi) = self.members[position], self.rows[position]
-        out = [self.weights[0][lo:hi].detach().clone(), self.biases[0][lo:hi].detach().clone()]
-        prev = m.width
-        for j in range(1, self.layers):
-            d = self._out(m, j)
-            w, b = self.weights[j][position, :d, :prev], self.biases[j][position, :d]
-            out += [w.detach().clone(), b.detach().clone()]
-            prev = d
-        return out
+
+def member_losses(s: Stack, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each member's mean cross-entropy (K,), with its own label smoothing; target: labels (B,)
+    or soft targets (B, C), as F.cross_entropy takes them."""
+    logp = torch.log_softmax(logits, dim=-1)
+    if target.dim() == 1:
+        nll = -logp.gather(-1, target.expand(logp.shape[0], -1)[..., None]).squeeze(-1)
+    else:
+        nll = -(logp * target).sum(-1)
+    smooth = -logp.mean(-1)
+    eps = s.smoothing[:, None]
+    return ((1 - eps) * nll + eps * smooth).mean(-1)
+
+
+def member_weights(s: Stack, position: int) -> list[torch.Tensor]:
+    """The member's own (unpadded) weight and bias of each layer, as build()'s Linear layers hold them."""
+    m, (lo, hi) = s.members[position], s.rows[position]
+    out = [s.weights[0][lo:hi].detach().clone(), s.biases[0][lo:hi].detach().clone()]
+    prev = m.width
+    for j in range(1, s.layers):
+        d = s._out(m, j)
+        w, b = s.weights[j][position, :d, :prev], s.biases[j][position, :d]
+        out += [w.detach().clone(), b.detach().clone()]
+        prev = d
+    return out
+
+
+def optimizer_calls(s: Stack) -> tuple[list[tuple], dict[str, Any]]:
+    """What each member's optimizer call takes besides its gradients, worked out when the stack is
+    made or members leave, not at every step: its slices of the weights and of the optimizer state,
+    its lr and weight decay; and the settings the members share."""
+    o, updates = s.optimizer, []
+    for k, m in enumerate(s.members):
+        mine = s.slices(s.params, k)
+        if s.kind == "SGD":
+            momentum = float(o.get("momentum", 0.0) or 0.0)
+            state = (s.slices(s.moments[0], k) if momentum else [None] * len(mine),)
+        else:
+            state = (s.slices(s.moments[0], k), s.slices(s.moments[1], k), [], s.steps[k])
+        wd = float(m.cfg.optimizer.get("weight_decay", 0.0) or 0.0)
+        updates.append((mine, state, float(m.cfg.optimizer.lr), wd))
+    shared = {"foreach": o.get("foreach"), "fused": o.get("fused"), "maximize": False}
+    if s.kind == "SGD":
+        settings = {
+            **shared,
+            "momentum": float(o.get("momentum", 0.0) or 0.0),
+            "dampening": float(o.get("dampening", 0.0) or 0.0),
+            "nesterov": bool(o.get("nesterov", False)),
+        }
+    else:
+        b1, b2 = o.get("betas", (0.9, 0.999))
+        settings = {
+            **shared,
+            "decoupled_weight_decay": s.kind == "AdamW",
+            "amsgrad": False,
+            "beta1": float(b1),
+            "beta2": float(b2),
+            "eps": float(o.get("eps", 1e-8)),
+        }
+    return updates, settings
 
 
 @torch.no_grad()
@@ -381,7 +385,7 @@ def fit_stream(
             for s, loss_sum, right in zip(nets, sums, correct, strict=True):
                 with amp:
                     logits = s.forward(xb, train=True).float()
-                    losses = s.losses(logits, target)
+                    losses = member_losses(s, logits, target)
                 losses.sum().backward()
                 optimizer_step(s, lr_factor)
                 loss_sum += losses.detach() * len(idx)
@@ -453,7 +457,7 @@ def _end_epoch(
         m.history.append(row)
         improved = row["val_acc"] > m.best_acc
         if improved:
-            m.best_acc, m.best_epoch, m.best = row["val_acc"], epoch, s.member_weights(i)
+            m.best_acc, m.best_epoch, m.best = row["val_acc"], epoch, member_weights(s, i)
         say_epoch(m.log, row, int(t.epochs), improved, f" (network of {len(s.members)})")
         if m.on_epoch is not None and not m.on_epoch(epoch, row):
             m.status = "pruned"
@@ -478,8 +482,5 @@ def _final(m: Member, splits: Splits, start: float) -> Metrics:
                 linear.bias.copy_(m.best[2 * j + 1])
     m.model = model
     device = splits.x_train.device
-    precision = resolve(m.cfg.trainer.precision, device)[0]
-    amp, t = autocast(device, precision), m.cfg.trainer
-    metrics = measure(model, splits, t, amp, m.history, m.status, m.best_epoch, start, m.images_seen, m.train_seconds)
-    metrics.precision = precision
-    return metrics
+    amp, seen, seconds = autocast(device, resolve(m.cfg.trainer.precision, device)[0]), m.images_seen, m.train_seconds
+    return measure(model, splits, m.cfg.trainer, amp, m.history, m.status, m.best_epoch, start, seen, seconds)

@@ -111,14 +111,11 @@ def fit(
 ) -> Metrics:
     """Train, keep the best epoch by val accuracy, restore it, and measure train/val/test.
     `on_epoch(epoch, row) -> keep going?` hears of every epoch (a sweep's pruning channel)."""
-    start = time.perf_counter()
-    device = splits.x_train.device
+    start, device = time.perf_counter(), splits.x_train.device
     keep_freed_memory()
     model.to(device)
     optimizer = make_optimizer(model.parameters())
-    n = len(splits.y_train)
-    steps_per_epoch = math.ceil(n / trainer.batch_size)
-    schedule = lr_schedule(optimizer, trainer, steps_per_epoch)
+    schedule = lr_schedule(optimizer, trainer, math.ceil(len(splits.y_train) / trainer.batch_size))
     precision = resolve_precision(trainer.precision, device)[0]
     autocast = precision_autocast(device, precision)
     g, batch, mixer = data_stream(splits, trainer, augmentation)
@@ -126,7 +123,7 @@ def fit(
     judged = ema.model if ema else model  # what is validated, kept as the best epoch and saved
 
     best_acc, best_epoch, best_state = -1.0, 0, _snapshot(judged)
-    status, history, train_seconds, images_seen = "ok", [], 0.0, 0
+    status, history, train_seconds = "ok", [], 0.0
     for epoch in range(1, int(trainer.epochs) + 1):
         t0 = time.perf_counter()
         train_loss, train_acc = _train_epoch(
@@ -134,25 +131,15 @@ def fit(
         )
         epoch_train_seconds = time.perf_counter() - t0
         train_seconds += epoch_train_seconds
-        images_seen += n
         if not math.isfinite(train_loss):
             status = "diverged"
             log.warning("epoch %d: training loss is %s; stopping, keeping epoch %d", epoch, train_loss, best_epoch)
             break
-        val_loss, val_acc = evaluate(judged, splits.x_val, splits.y_val, autocast)
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "seconds": time.perf_counter() - t0,
-            "images_per_second": n / epoch_train_seconds,
-        }
+        row = _epoch_row(epoch, train_loss, train_acc, judged, splits, autocast, t0, epoch_train_seconds)
         history.append(row)
-        improved = val_acc > best_acc
+        improved = row["val_acc"] > best_acc
         if improved:
-            best_acc, best_epoch, best_state = val_acc, epoch, _snapshot(judged)
+            best_acc, best_epoch, best_state = row["val_acc"], epoch, _snapshot(judged)
         say_epoch(epoch_log, row, int(trainer.epochs), improved)
         if on_epoch is not None and not on_epoch(epoch, row):
             status = "pruned"
@@ -162,9 +149,31 @@ def fit(
             break
 
     model.load_state_dict(best_state)  # with trainer.ema, the averaged weights
-    metrics = measure(model, splits, trainer, autocast, history, status, best_epoch, start, images_seen, train_seconds)
-    metrics.precision = precision
-    return metrics
+    images_seen = len(splits.y_train) * (len(history) + (status == "diverged"))  # every epoch that trained
+    return measure(model, splits, trainer, autocast, history, status, best_epoch, start, images_seen, train_seconds)
+
+
+def _epoch_row(
+    epoch: int,
+    train_loss: float,
+    train_acc: float,
+    judged: nn.Module,
+    splits: Splits,
+    autocast: Any,
+    t0: float,
+    train_seconds: float,
+) -> dict[str, float]:
+    """An epoch's line of the history: its training figures, validation, and how long it took."""
+    val_loss, val_acc = evaluate(judged, splits.x_val, splits.y_val, autocast)
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "seconds": time.perf_counter() - t0,
+        "images_per_second": len(splits.y_train) / train_seconds,
+    }
 
 
 def data_stream(splits: Splits, trainer: Any, augmentation: Any) -> tuple[torch.Generator, Batcher, Mixer]:
@@ -242,8 +251,10 @@ def measure(
     images_seen: int,
     train_seconds: float,
 ) -> Metrics:
-    """A trained model's figures (its best epoch already restored): accuracy on each split, with
-    flipped images too under trainer.tta, and the training budget it took."""
+    """A trained model's figures (its best epoch already restored): accuracy on each split under the
+    autocast it trained in (its precision is what metrics.json records), with flipped images too
+    under trainer.tta, and the training budget it took."""
+    precision = "bf16" if isinstance(autocast, torch.autocast) else "fp32"
     val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, autocast)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fixed = sum(m.basis.numel() for m in model.modules() if isinstance(m, Projection))
@@ -274,6 +285,7 @@ def measure(
         train_tflop=(6 * params + 2 * fixed) * n * epochs_run / 1e12,
         history=history,
         fixed_params=fixed,
+        precision=precision,
         **tta,
     )
 

@@ -239,7 +239,7 @@ FAULTS = """
 import resource, sys, torch
 from mlp_sweep.train import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "on" else False
-for _ in range(3):  # a training step's pattern: the same large block allocated, written and freed
+for _ in range(10):  # a training step's pattern: the same large block allocated, written and freed
     torch.empty(8 << 20).fill_(1.0)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
