@@ -121,7 +121,7 @@ def main() -> None:
 
     common = (*size, "trainer.batch_size=256", "trainer.patience=0", f"trainer.epochs={args.epochs}")
     small = config(*common, "augment=flip_crop", "model.hidden_size=200", "model.activation=leaky_relu")
-    raw = data._raw("cifar10", str(Path(root).resolve()), True, small.data.url, small.data.md5)
+    raw = data.raw_images("cifar10", str(Path(root).resolve()), True, small.data.url, small.data.md5)
     x_ref, y_ref = raw.x_train[:images], raw.y_train[:images]
     ours, ref = [], {0: [], 2: []}  # DataLoader workers: 0 is its default, 2 the torchvision tutorial's
     for _ in range(args.repeats):

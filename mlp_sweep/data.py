@@ -81,7 +81,7 @@ def load(data: Any, size: Any, seed: int, device: torch.device | str) -> Splits:
     """Splits for a data config and a data_size config; cached per process."""
     root = str(Path(data.root).expanduser().resolve()) if data.get("root") else None
     key = (data.name, root, data.get("download"), data.get("url"), data.get("md5"))
-    raw = _raw(*key)
+    raw = raw_images(*key)
     n_train, n_val = _sizes(raw, int(size.train), int(size.val), data.name, data.scale_to_fit)
     whiten = str(data.get("whiten") or "none")
     eps = float(data.get("whiten_eps", 1.0)) if whiten != "none" else 0.0
@@ -99,7 +99,7 @@ def load(data: Any, size: Any, seed: int, device: torch.device | str) -> Splits:
 def _splits(
     key: tuple, n_train: int, n_val: int, seed: int, device: str, whiten: str, eps: float, project: int = 0
 ) -> Splits:
-    raw = _raw(*key)
+    raw = raw_images(*key)
     train_idx, val_idx = stratified_split(raw.y_train, n_train, n_val, seed)
     x_train = _to_nchw(raw.x_train[train_idx], device)
     mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
@@ -224,7 +224,7 @@ def _allocate(n: int, caps: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def _raw(name: str, root: str | None, download: bool, url: str | None, md5: str | None) -> Raw:
+def raw_images(name: str, root: str | None, download: bool, url: str | None, md5: str | None) -> Raw:
     if name == "digits":
         return _digits()
     if name == "cifar10":

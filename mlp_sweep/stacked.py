@@ -137,7 +137,7 @@ class Stack:
         self.optimizer = OmegaConf.to_container(members[0].cfg.optimizer, resolve=True)
         self.kind = str(self.optimizer["_target_"]).rsplit(".", 1)[-1]
         self.in_features, self.n_classes = in_features, n_classes
-        k, first = len(members), [self._out(m, 0) for m in members]
+        k, first = len(members), [self.out_width(m, 0) for m in members]
         width = max(m.width for m in members)
         self.weights = [torch.zeros(sum(first), in_features, device=device)]
         self.biases = [torch.zeros(sum(first), device=device)]
@@ -160,7 +160,7 @@ class Stack:
         self.steps = [[torch.zeros((), device=device) for _ in self.params] for _ in members]
         self._vectors()
 
-    def _out(self, m: Member, layer: int) -> int:
+    def out_width(self, m: Member, layer: int) -> int:
         return m.width if layer < self.layers - 1 else self.n_classes
 
     def _vectors(self) -> None:
@@ -170,7 +170,7 @@ class Stack:
         def vec(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, device=dev, dtype=torch.float32)
 
-        first = [self._out(m, 0) for m in ms]
+        first = [self.out_width(m, 0) for m in ms]
         self.rows = [(sum(first[:i]), sum(first[: i + 1])) for i in range(len(ms))]  # first-layer rows
         self.width = self.weights[1].shape[2] if self.layers > 1 else 0
         self.dropout = [float(m.cfg.model.dropout) for m in ms]
@@ -290,7 +290,7 @@ def member_weights(s: Stack, position: int) -> list[torch.Tensor]:
     out = [s.weights[0][lo:hi].detach().clone(), s.biases[0][lo:hi].detach().clone()]
     prev = m.width
     for j in range(1, s.layers):
-        d = s._out(m, j)
+        d = s.out_width(m, j)
         w, b = s.weights[j][position, :d, :prev], s.biases[j][position, :d]
         out += [w.detach().clone(), b.detach().clone()]
         prev = d

@@ -33,7 +33,7 @@ def size(train, val):
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    data._raw.cache_clear()
+    data.raw_images.cache_clear()
     data._splits.cache_clear()
 
 
@@ -92,7 +92,7 @@ def test_archive_is_converted_once_into_the_prepared_file(tmp_path):
     assert np.array_equal(raw.x_train[0], first)  # CHW rows became HWC images
     assert list(raw.y_test) == test[b"labels"]
     (tmp_path / data.ARCHIVE).unlink()
-    data._raw.cache_clear()
+    data.raw_images.cache_clear()
     assert data.load(cifar_cfg(tmp_path), size(60, 40), seed=0, device="cpu").x_train.shape[0] == 60
 
 
@@ -114,7 +114,7 @@ def test_corrupt_or_truncated_prepared_file_names_the_file(tmp_path, content):
         write_archive(tmp_path / data.ARCHIVE)
         data.load(cifar_cfg(tmp_path), size(50, 10), seed=0, device="cpu")
         path.write_bytes(path.read_bytes()[:5000])
-        data._raw.cache_clear()
+        data.raw_images.cache_clear()
     else:
         path.write_bytes(content)
     with pytest.raises(UserError, match=f"{path}.*corrupt or truncated"):
@@ -176,7 +176,7 @@ def test_loaded_once_per_process(tmp_path):
     cfg = cifar_cfg(tmp_path)
     a = data.load(cfg, size(50, 10), seed=0, device="cpu")
     b = data.load(cfg, size(50, 10), seed=0, device="cpu")
-    assert a is b and data._raw.cache_info().misses == 1
+    assert a is b and data.raw_images.cache_info().misses == 1
 
 
 def test_real_cifar10_file(cifar_dir):

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
+
 from .errors import UserError
 from .settings import as_list
 
@@ -120,8 +122,19 @@ def active(trial: Any, distributions: dict[str, Any], fixed: dict[str, Any], con
     for name in order(list(distributions), conditions):
         if all(c.holds(known) for c in conditions.get(name, ())):
             out[name] = distributions[name]
-            known[name] = trial._suggest(name, distributions[name])  # what the stock plugin calls too
+            known[name] = suggest(trial, name, distributions[name])
     return out
+
+
+def suggest(trial: Any, name: str, distribution: Any) -> Any:
+    """A value of `distribution` from the trial, through Optuna's public suggest calls (each makes
+    the same distribution again from its bounds)."""
+    d = distribution
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(name, d.choices)
+    if isinstance(d, optuna.distributions.IntDistribution):
+        return trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+    return trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
 
 
 def _typed(value: Any) -> Any:

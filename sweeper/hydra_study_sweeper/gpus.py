@@ -19,11 +19,11 @@ import shutil
 import subprocess
 from typing import Any
 
+from .compat import launcher_kind
 from .errors import UserError
 
 log = logging.getLogger(__name__)
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
-LOCAL_PROCESS_LAUNCHERS = ("JoblibLauncher", "LocalLauncher")
 
 
 def visible() -> list[str]:
@@ -45,7 +45,7 @@ def visible() -> list[str]:
 def slots(gpus: Any, per_gpu: int | None, n_jobs: int, launcher: Any) -> list[str]:
     """Each slot's GPU (a GPU appears once per job it may hold); [] when jobs get no GPU of their own."""
     name = type(launcher).__name__
-    local = name in LOCAL_PROCESS_LAUNCHERS
+    local = launcher_kind(launcher) in ("joblib", "local")
     if gpus is None or (gpus == "auto" and not local):
         return []
     if gpus == "auto":

@@ -232,6 +232,7 @@ class Reporter:
         """What the pruner compared with, in its own terms."""
         import optuna
 
+        from .compat import reduction_factor
         from .pruners import inner, reached
 
         pruner = inner(self.study.pruner)
@@ -245,9 +246,8 @@ class Reporter:
             return f"; {what} pruner, {len(others)} completed trial(s) at this {self.unit}, their median {middle:.4g}"
         if isinstance(pruner, (optuna.pruners.SuccessiveHalvingPruner, optuna.pruners.HyperbandPruner)):
             n = reached(self.study, step, self.trial.number)
-            share = (
-                f"the best 1/{pruner._reduction_factor} of " if hasattr(pruner, "_reduction_factor") else "the best of "
-            )
+            eta = reduction_factor(pruner)
+            share = f"the best 1/{eta} of " if eta else "the best of "
             return f"; not in {share}the {n + 1} trials that reached this rung ({self.unit} {step})"
         return ""
 

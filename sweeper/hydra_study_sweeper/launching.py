@@ -16,11 +16,11 @@ import signal
 import threading
 from typing import Any
 
-IN_PROCESS_LAUNCHERS = ("BasicLauncher",)
+from .compat import launcher_kind, running_executor
 
 
 def runs_elsewhere(launcher: Any) -> bool:
-    return type(launcher).__name__ not in IN_PROCESS_LAUNCHERS
+    return launcher_kind(launcher) != "in-process"
 
 
 class Launches:
@@ -35,11 +35,11 @@ class Launches:
         """Ray starts (or joins its cluster) once, here in the main thread: launches on several
         threads would each try `ray.init`. Ray installs its own SIGTERM handler; the sweeper's stays."""
         self.ready = True
-        if type(self.launcher).__name__ == "JoblibLauncher":
+        if launcher_kind(self.launcher) == "joblib":
             from .watchdog import record_pool_deaths
 
             record_pool_deaths()
-        if type(self.launcher).__name__ != "RayLauncher":
+        if launcher_kind(self.launcher) != "ray":
             return
         import ray
         from omegaconf import OmegaConf
@@ -98,16 +98,14 @@ class Launches:
         if not self.running:
             return
         with contextlib.suppress(Exception):
-            from joblib.externals.loky import reusable_executor
-
-            executor = reusable_executor._executor
+            executor = running_executor()
             if executor is not None:
                 executor.shutdown(wait=False, kill_workers=True)
 
 
 def worker_processes(launcher: Any) -> int | None:
     """How many jobs joblib's launcher runs at once (its n_jobs, -1 = one per core); None for others."""
-    if type(launcher).__name__ != "JoblibLauncher":
+    if launcher_kind(launcher) != "joblib":
         return None
     from joblib import effective_n_jobs
 

@@ -24,13 +24,13 @@ from . import outcome, recovery, repeats, watchdog
 from .errors import StorageFailure, SweepExit, UserError
 from .gpus import VISIBLE_ENV, Slots
 from .job import OUTAGE_ENV, PRUNED_ATTR, REPEAT_ENV, TIMEOUT_ATTR, job_overrides, quoted
+from .journal import vanished
 from .launching import Launches
 from .outcome import JobLost, Outcome
 from .plan import Plan
 from .recovery import Heartbeat, counts_toward_target
 from .settings import Settings
 from .signals import raise_pending
-from .storage import vanished
 from .urls import absolute, has_password, masked
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Recovery: heartbeats, stale trials, retries, and what counts toward a study's target.
 
-The one module that may touch Optuna internals; each use says why no public call does the job.
+Optuna's private names it needs (a trial's id, a study's storage) come from the fence, compat.py.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
+
+from .compat import heartbeat_model, stale_trial_ids, storage_of, study_id, trial_id
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +36,11 @@ def counts_toward_target(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") not in RERUN_REASONS
 
 
-def trial_id(trial: Any) -> int:
-    # Optuna's storages address trials by id; Trial and FrozenTrial expose it only as _trial_id.
-    return trial._trial_id
-
-
 def live_trial(study: optuna.Study, number: int) -> optuna.Trial:
     """The live trial a job reports to. Optuna hands out Trial objects only from ask(), in the
     sweeper's process; the job rebuilds one from the trial's id (the storage's lookup of an id by
     trial number, which this needs, is not public)."""
-    tid = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    tid = storage_of(study).get_trial_id_from_study_id_trial_number(study_id(study), number)
     return optuna.Trial(study, tid)
 
 
@@ -51,32 +48,30 @@ def queued_params(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any] | 
     """The parameters a trial took from the study's queue (enqueue_trial), or None. Optuna keeps
     them as the trial's system attribute `fixed_params`; a live Trial has no public getter for
     system attributes (its `system_attrs` is deprecated), so this reads the storage."""
-    queued = study._storage.get_trial_system_attrs(trial_id(trial)).get("fixed_params")
+    queued = storage_of(study).get_trial_system_attrs(trial_id(trial)).get("fixed_params")
     return dict(queued) if queued else None
 
 
 def stored_user_attrs(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
     """A running trial's user attributes as stored now (a live Trial caches them from its ask; the
     job's reporter writes from another process). Study has no public handle on its storage."""
-    return study._storage.get_trial(trial_id(trial)).user_attrs
+    return storage_of(study).get_trial(trial_id(trial)).user_attrs
 
 
 def stored_trial(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
     """A running trial as stored now (with the steps its job reported from another process)."""
-    return study._storage.get_trial(trial_id(trial))
+    return storage_of(study).get_trial(trial_id(trial))
 
 
 def fail_stale_trials(study: optuna.Study, raw: Any) -> None:
     """Trials whose worker stopped sending heartbeats become FAIL (`stale`) and are queued again.
     `raw` is the storage as opened (a Study wraps an RDBStorage in a cache). Storages without
     heartbeats (journal files, Redis) can only tell of workers on this machine: a dead process."""
-    storage = study._storage  # Study has no public handle on its storage; writes go through its cache
+    storage = storage_of(study)  # writes go through Optuna's cache
     if just_back(raw):
         return
     if heartbeat_enabled(raw):
-        # RDBStorage._get_stale_trial_ids is the query Optuna's own fail_stale_trials uses; that public
-        # function cannot record a reason or requeue, and it skips trials that never sent a heartbeat.
-        stale = set(raw._get_stale_trial_ids(study._study_id)) | _never_beat(study, raw)
+        stale = set(stale_trial_ids(raw, study)) | _never_beat(study, raw)
     elif raw is not None:
         stale = _dead_here(study)
     else:
@@ -109,7 +104,7 @@ def just_back(raw: Any) -> bool:
     longest wait between two tries) ago: every worker's heartbeats stopped with it, and another
     worker may find the server back up to MAX_BACKOFF seconds later; none is stale until they had
     the time to beat again."""
-    from .storage import MAX_BACKOFF
+    from .outage import MAX_BACKOFF
 
     outage = getattr(raw, "outage", None)
     if outage is None or outage.ended is None:
@@ -139,8 +134,9 @@ def _dead_here(study: optuna.Study) -> set[int]:
 def _never_beat(study: optuna.Study, storage: RDBStorage) -> set[int]:
     """RUNNING trials with no heartbeat at all, started longer than a grace period ago: their worker
     died between asking and the first heartbeat (the sweeper beats right after each ask)."""
-    from optuna.storages._rdb import models  # the heartbeat table has no public reader
-
+    model = heartbeat_model()
+    if model is None:  # said by compat.check when the sweep started
+        return set()
     grace = storage.grace_period or 2 * storage.get_heartbeat_interval()
     running = {
         trial_id(t): t.datetime_start
@@ -152,8 +148,8 @@ def _never_beat(study: optuna.Study, storage: RDBStorage) -> set[int]:
 
     def beating() -> set[int]:
         with storage.scoped_session() as session:
-            query = session.query(models.TrialHeartbeatModel.trial_id)
-            return {row[0] for row in query.filter(models.TrialHeartbeatModel.trial_id.in_(list(running)))}
+            query = session.query(model.trial_id)
+            return {row[0] for row in query.filter(model.trial_id.in_(list(running)))}
 
     outage = getattr(storage, "outage", None)  # a lost server is waited for here too
     beat = outage.call("heartbeats", beating) if outage is not None else beating()

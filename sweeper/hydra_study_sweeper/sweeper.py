@@ -17,7 +17,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from optuna.trial import TrialState
 
-from . import cleanup, loop, plan, settings, staged, stock, summary
+from . import cleanup, compat, loop, plan, settings, staged, stock, summary
 from .errors import StorageFailure, SweepExit
 from .gpus import Slots, say_slots
 from .launching import Launches, worker_processes
@@ -28,13 +28,6 @@ from .tracking import SweepTracker
 from .watchdog import Watchdog, Watched
 
 log = logging.getLogger(__name__)
-LAUNCHER_LOGGERS = (  # "Launching 1 jobs locally" and each job's overrides: the sweeper's lines say more
-    "hydra._internal.core_plugins.basic_launcher",
-    "hydra_plugins.hydra_joblib_launcher._core",
-    "hydra_plugins.hydra_ray_launcher._core",
-    "hydra_plugins.hydra_ray_launcher._launcher_util",
-    "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
-)
 
 
 class StudySweeper:
@@ -55,7 +48,11 @@ class StudySweeper:
     def sweep(self, arguments: list[str]) -> None:
         settings.check(self.settings)  # here, not at construction: Hydra would wrap it in a traceback
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep logs its own lines
-        for name in LAUNCHER_LOGGERS:
+        try:
+            compat.check()  # every private name of another library the sweeper relies on
+        except RuntimeError as err:
+            raise SweepExit(2, str(err)) from None
+        for name in compat.LAUNCHER_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
         if self.settings.stages:
             self.sweep_stages(arguments)

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .compat import on_broken_pool
+
 log = logging.getLogger(__name__)
 
 JOB_FILE = ".sweeper-job.json"  # in each job's folder: {"host", "pid", "start", "token"}; touched at each step
@@ -285,7 +287,10 @@ def killed_reason(code: int) -> str:
     if code == -signal.SIGKILL:
         return "killed by signal 9 (out of memory?)"
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else "?"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:  # a number with no name on this system
+            name = "?"
         return f"killed by signal {-code} ({name})"
     return f"its process exited with code {code}"
 
@@ -297,21 +302,11 @@ def pool_broke(ret: Any) -> bool:
 
 def record_pool_deaths() -> None:
     """joblib's pool (loky) fails every job it runs when one worker dies and tells only the exit
-    codes; which worker died on its own is known just before it stops the others. Its manager's
-    `terminate_broken` is wrapped, here in the sweeper's process, to note those workers' pids."""
-    with contextlib.suppress(Exception):  # another joblib: the jobs fail with joblib's error as before
-        from joblib.externals.loky import process_executor
+    codes; which worker died on its own is known just before it stops the others, which the fence
+    (compat.on_broken_pool) lets the sweeper's process note. Without it (another joblib, said when
+    the sweep starts) the jobs fail with joblib's error as before."""
 
-        manager = process_executor._ExecutorManagerThread
-        if getattr(manager.terminate_broken, "records_deaths", False):
-            return
-        original = manager.terminate_broken
+    def note(process: Any) -> None:
+        POOL_DEATHS[process.pid] = process.exitcode
 
-        def terminate_broken(self: Any, bpe: Any) -> Any:
-            for p in list(self.processes.values()):
-                if p is not None and p.exitcode is not None:
-                    POOL_DEATHS[p.pid] = p.exitcode
-            return original(self, bpe)
-
-        terminate_broken.records_deaths = True
-        manager.terminate_broken = terminate_broken
+    on_broken_pool(note)

@@ -37,6 +37,43 @@ def sweep(tmp_path, *args, env=None, timeout=300, app=SPHERE) -> subprocess.Comp
     )
 
 
+def sweep_here(tmp_path, *args, app=SPHERE) -> str:
+    """`python sphere.py -m ARGS` in this process (Hydra's basic launcher runs each job here too):
+    what it printed, with its exit code as a last line `exit N`. Seconds faster than a subprocess;
+    for what a subprocess is not needed for (no signals, no second worker)."""
+    import contextlib
+    import importlib.util
+    import inspect
+    import io
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    spec = importlib.util.spec_from_file_location(f"app_{app.stem}", app)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    task = getattr(module, app.stem)
+    inspect.unwrap(task).__module__ = "__main__"  # as when run as a script: Hydra finds conf/ beside it
+    root = logging.getLogger()
+    handlers, level, argv, cwd = root.handlers[:], root.level, sys.argv, os.getcwd()
+    out, code = io.StringIO(), 0
+    GlobalHydra.instance().clear()
+    try:
+        os.chdir(tmp_path)
+        sys.argv = [str(app), "-m", *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            task()
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+        sys.argv = argv
+        os.chdir(cwd)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return out.getvalue() + f"\nexit {code}\n"
+
+
 def storage_of(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/sphere.db"
 

@@ -209,7 +209,7 @@ def test_a_pool_reset_after_a_real_lost_connection_is_quiet_and_its_record_is_st
 
     import psycopg
     import sqlalchemy
-    from hydra_study_sweeper import storage
+    from hydra_study_sweeper import outage
 
     url = server("postgresql")
     engine = sqlalchemy.create_engine(sqlalchemy.engine.make_url(url).set(drivername="postgresql+psycopg"))
@@ -229,9 +229,9 @@ def test_a_pool_reset_after_a_real_lost_connection_is_quiet_and_its_record_is_st
     pool_log = logging.getLogger(f"sqlalchemy.pool.impl.{type(engine.pool).__name__}")
     kept = list(pool_log.filters)
     try:
-        pool_log.filters = [f for f in kept if not isinstance(f, storage._LostReset)]
+        pool_log.filters = [f for f in kept if not isinstance(f, outage.LostReset)]
         assert lose_one() == ["Exception during reset or similar"]  # what the filter is written for
-        storage.quiet_lost_resets()
+        outage.quiet_lost_resets()
         assert lose_one() == []
     finally:
         pool_log.filters = kept

@@ -205,8 +205,9 @@ def test_the_watchdog_signals_no_process_but_the_one_it_recorded(tmp_path):
         dog.ended("job")
         time.sleep(0.3)
         assert stranger.poll() is None  # alive
-        mine = Watch(tmp_path, host=here, pid=stranger.pid, start=start_time(stranger.pid), hung="hung: test")
-        assert dog.stop(mine) is None and mine.tree == ((stranger.pid, start_time(stranger.pid)),)
+        started = start_time(stranger.pid)  # read before the signal: a process that ended has none
+        mine = Watch(tmp_path, host=here, pid=stranger.pid, start=started, hung="hung: test")
+        assert dog.stop(mine) is None and mine.tree == ((stranger.pid, started),)
         assert stranger.wait(timeout=10) == -15  # SIGTERM: it was the process recorded
     finally:
         stranger.kill()
@@ -216,7 +217,7 @@ def test_the_watchdog_signals_no_process_but_the_one_it_recorded(tmp_path):
 def test_a_lost_connection_is_waited_for_and_a_long_outage_ends_in_a_storage_failure(caplog):
     import sqlalchemy
     from hydra_study_sweeper.errors import StorageFailure
-    from hydra_study_sweeper.storage import Outage
+    from hydra_study_sweeper.outage import Outage
 
     lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
     calls = []
@@ -253,7 +254,7 @@ def test_a_reset_that_failed_because_the_server_went_away_is_not_logged_with_its
     it fail a MariaDB outage test). Other pool errors still show."""
     import logging
 
-    from hydra_study_sweeper import storage
+    from hydra_study_sweeper import outage as storage
 
     class OperationalError(Exception):  # a driver's own class, as pymysql raises it unwrapped
         pass
@@ -261,7 +262,7 @@ def test_a_reset_that_failed_because_the_server_went_away_is_not_logged_with_its
     storage.quiet_lost_resets()
     storage.quiet_lost_resets()  # once is enough: no second filter
     pool_log = logging.getLogger("sqlalchemy.pool.impl.QueuePool")
-    assert sum(isinstance(f, storage._LostReset) for f in pool_log.filters) == 1
+    assert sum(isinstance(f, storage.LostReset) for f in pool_log.filters) == 1
 
     def reset_failed(err):
         try:
