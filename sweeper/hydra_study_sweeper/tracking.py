@@ -12,8 +12,9 @@ FINISHED, FAILED, or KILLED for a pruned or interrupted one. `mlflow_uri` is any
 (default: an SQLite file under outputs/, no server).
 
 TensorBoard: the job writes its steps' scalars into its trial's folder of event files; the sweeper
-adds the trial's hyperparameters and outcome (the HParams tab), so `tensorboard --logdir DIR`
-compares trials.
+adds the trial's hyperparameters, its state (COMPLETE, PRUNED, FAIL: a column to filter on) and its
+final values (the HParams tab), so `tensorboard --logdir DIR` compares trials. Both are written with
+tensorboardX's SummaryWriter (no TensorFlow, no torch).
 
 Neither can fail a trial or the sweep: a tracking error is said once and tracking stops there.
 """
@@ -50,58 +51,6 @@ def numbers(values: dict[str, Any]) -> dict[str, float]:
     }
 
 
-class Events:
-    """One TensorBoard event file of scalars (and hparams summaries), written with tensorboard's own
-    writer and protos (no TensorFlow, no torch)."""
-
-    def __init__(self, folder: Path, suffix: str = "") -> None:
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-        folder.mkdir(parents=True, exist_ok=True)
-        self.writer = EventFileWriter(str(folder), filename_suffix=suffix)
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
-        self.writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
-        self.writer.flush()
-
-    def hparams(self, params: dict[str, Any], success: bool | None) -> None:
-        """The trial's hyperparameters (session start) and its end, as the HParams plugin reads them."""
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-
-        start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
-        for key, value in params.items():
-            if isinstance(value, bool):
-                start.hparams[key].bool_value = value
-            elif isinstance(value, (int, float)):
-                start.hparams[key].number_value = float(value)
-            else:
-                start.hparams[key].string_value = str(value)
-        status = {True: api_pb2.STATUS_SUCCESS, False: api_pb2.STATUS_FAILURE, None: api_pb2.STATUS_UNKNOWN}[success]
-        end = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
-        for tag, part in ((metadata.SESSION_START_INFO_TAG, "session_start_info"),
-                          (metadata.SESSION_END_INFO_TAG, "session_end_info")):  # fmt: skip
-            data = plugin_data_pb2.HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION)
-            getattr(data, part).CopyFrom(start if part == "session_start_info" else end)
-            meta = SummaryMetadata(
-                plugin_data=SummaryMetadata.PluginData(
-                    plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString()
-                )
-            )
-            self.writer.add_event(
-                Event(wall_time=time.time(), summary=Summary(value=[Summary.Value(tag=tag, metadata=meta)]))
-            )
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 class JobTracker:
     """The job's side: each step's values to the trial's MLflow run and TensorBoard folder."""
 
@@ -113,7 +62,9 @@ class JobTracker:
 
             self.client, self.run_id = MlflowClient(tracking_uri=os.environ[MLFLOW_URI_ENV]), runs[str(number)]
         if os.environ.get(TENSORBOARD_ENV):
-            self.events = Events(Path(os.environ[TENSORBOARD_ENV]) / str(number), suffix=".steps")
+            from tensorboardX import SummaryWriter
+
+            self.events = SummaryWriter(str(Path(os.environ[TENSORBOARD_ENV]) / str(number)), filename_suffix=".steps")
 
     @classmethod
     def of(cls, number: int) -> JobTracker | None:
@@ -138,7 +89,9 @@ class JobTracker:
                 metrics = [Metric(k, v, stamp, step) for k, v in found.items()]
                 self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
             if self.events is not None:
-                self.events.scalars(step, found)
+                for tag, value in found.items():
+                    self.events.add_scalar(tag, value, step)
+                self.events.flush()
         except Exception as err:  # noqa: BLE001 - tracking never fails a trial
             said = scrub(str(err), os.environ.get(MLFLOW_URI_ENV))
             log.warning("trial %d: tracking stopped: %s: %s", self.number, type(err).__name__, said)
@@ -154,7 +107,7 @@ class SweepTracker:
         self.board = Path(settings.tensorboard_dir).absolute() / study_name if settings.tensorboard else None
         self.artifacts = tuple(settings.artifacts)
         self.runs: dict[int, str] = {}
-        self.client = self.experiment = self.parent = None
+        self.client = self.experiment = self.parent = self.hparams = None
         if self.uri:
             self._guard("cannot open the MLflow tracking store", self._open)
         if self.board is not None:
@@ -240,10 +193,13 @@ class SweepTracker:
             )
         if self.board is not None:
             try:
-                events = Events(self.board / str(trial.number), suffix=".hparams")
-                events.scalars(0, {f"final/{k}": v for k, v in numbers(final).items()})
-                events.hparams(params, {"COMPLETE": True, "FAIL": False}.get(state))
-                events.close()
+                if self.hparams is None:  # the study's writer; each trial's summary goes into its folder
+                    from tensorboardX import SummaryWriter
+
+                    self.hparams = SummaryWriter(str(self.board), filename_suffix=".study")
+                shown = {str(k): v if isinstance(v, (bool, int, float)) else str(v) for k, v in params.items()}
+                finals = {f"final/{k}": v for k, v in numbers(final).items()}
+                self.hparams.add_hparams({**shown, "state": state}, finals, name=str(trial.number))
             except Exception as err:  # noqa: BLE001 - tracking never fails the sweep
                 log.warning("TensorBoard: trial %d not written (%s: %s)", trial.number, type(err).__name__, err)
 
@@ -272,5 +228,8 @@ class SweepTracker:
         self.close()
 
     def close(self) -> None:
+        if self.hparams is not None:
+            self.hparams.close()
+            self.hparams = None
         if self.client is not None and self.parent is not None:
             self._guard("cannot close the study's MLflow run", self.client.set_terminated, self.parent, "FINISHED")

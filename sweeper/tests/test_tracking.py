@@ -84,4 +84,5 @@ def test_each_trials_steps_and_hyperparameters_are_tensorboard_events(tmp_path):
         content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
         start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
         assert start.hparams["x"].number_value == pytest.approx(t.params["x"])
+        assert start.hparams["state"].string_value == t.state.name
     assert "tensorboard --logdir" in res.stdout
