@@ -14,13 +14,12 @@ from hydra.types import RunMode
 from hydra_study_sweeper import job
 from omegaconf import DictConfig, OmegaConf
 
+from . import CONF
 from .checks import check, directions, metric_list
 from .errors import UserError, fail
 
 log = logging.getLogger("mlp_sweep")
-_PACKAGE = Path(__file__).resolve().parent
 TRUSTED = ("mlp_sweep.*", "torch.optim.*")  # what config `_target_`s may instantiate
-CONF = str(_PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent / "conf")
 # the presets' `hydra.sweeper.direction: ${mlp_sweep_directions:${optimized_metric}}`
 OmegaConf.register_resolver("mlp_sweep_directions", directions, replace=True)
 # the search path names the folder of the experiment files a sweep writes (config.yaml): until the

@@ -60,7 +60,7 @@ def preset_settings() -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from .__main__ import CONF
+    from . import CONF
 
     if GlobalHydra.instance().is_initialized():  # inside the app (a grid's end): its own config loader
         return compose("config", overrides=["hparams_search=tpe"], return_hydra_config=True).hydra.sweeper
