@@ -1,9 +1,10 @@
 """The run loop: keep up to n_jobs trials of this worker running until the study has its target.
 
-One turn of the loop (`step`) is a few named phases: look at the study (`scan`), start a trial
-(`launch_next`: ask, configure, launch), take in the jobs that ended (`collect`: read, tell), wait
-for other workers' trials, or stop. A run's state lives in one `Run`; a trial goes from asked to
-told in `launch_next` and `finish`, and every tell goes through `outcome.tell`.
+One turn of the loop (`step`) is a few named phases: look at the study (`scan`), start a waiting
+job, ask trials (`launch_next`: ask, configure, make their jobs), take in the jobs that ended
+(`collect`), wait for other workers' trials, or stop. A run's state lives in one `Run`; a trial goes
+from asked to told in `launch_next` and `conclude`, and every tell goes through `outcome.tell`. How
+trials become jobs and jobs' returns become outcomes (repeats, stacks) is jobs.Shape's business.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from . import outcome, recovery, repeats, watchdog
+from . import outcome, recovery, watchdog
 from .errors import StorageFailure, SweepExit, UserError
 from .gpus import VISIBLE_ENV, Slots
-from .job import OUTAGE_ENV, PRUNED_ATTR, REPEAT_ENV, TIMEOUT_ATTR, job_overrides, quoted
+from .job import quoted
+from .jobs import Job, Shape
 from .journal import vanished
 from .launching import Launches
 from .outcome import JobLost, Outcome
@@ -31,7 +33,7 @@ from .plan import Plan
 from .recovery import Heartbeat, counts_toward_target
 from .settings import Settings
 from .signals import raise_pending
-from .urls import absolute, has_password, masked
+from .urls import masked
 
 log = logging.getLogger(__name__)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -100,14 +102,11 @@ class Run:
     study: optuna.Study
     heartbeat: Heartbeat
     launches: Launches
-    configure: Any  # (trial) -> the job's parameter overrides
+    shape: Shape | None  # how trials become jobs and jobs' returns outcomes
     allowed_failures: int
-    write_member: Any = None  # (trial number, its job's overrides) -> its folder's .hydra files (stacks)
     in_flight: dict[int, InFlight] = field(default_factory=dict)
-    # running job -> its trials; a job's key is its first trial's number, or (trial, seed index) with repeats
-    jobs: dict[Any, list[int]] = field(default_factory=dict)
-    waiting: list[tuple[Any, tuple[str, ...]]] = field(default_factory=list)  # made, not started (seeds)
-    seeds_ended: dict[int, dict[int, Any]] = field(default_factory=dict)  # repeated trial -> seed index -> return
+    jobs: dict[Any, Job] = field(default_factory=dict)  # running, by key
+    waiting: list[Job] = field(default_factory=list)  # made, not started
     failures: list[str] = field(default_factory=list)
     told: int = 0  # trials of this run that ended
     hung: int = 0  # of them, those stopped as hung
@@ -129,6 +128,8 @@ class Run:
     def forget(self, number: int) -> InFlight:
         flight = self.in_flight.pop(number)
         self.heartbeat.remove(flight.trial)
+        if self.shape is not None:
+            self.shape.forget(number)
         return flight
 
 
@@ -150,7 +151,7 @@ def step(r: Run) -> bool:
             f"; {len(r.in_flight)} running finish first" if r.in_flight else "",
         )
     if r.waiting and len(r.jobs) < r.capacity:
-        start_job(r, *r.waiting.pop(0))
+        start_job(r, r.waiting.pop(0))
     elif r.scan.todo > 0 and not r.stopping and not r.out_of_time and len(r.jobs) < r.capacity:
         launch_next(r)
     elif r.in_flight:
@@ -222,7 +223,7 @@ def ask(r: Run) -> tuple[optuna.Trial, tuple[str, ...]] | None:
         return None
     r.study.sampler = r.plan.make_sampler(trial.number)
     try:
-        overrides = r.configure(trial)
+        overrides = r.shape.configure(trial)
     except Exception as err:  # a custom search space that raises, overlapping keys
         r.forget(trial.number)
         outcome.tell(r.study, trial, Outcome.failed(f"{type(err).__name__}: {err}"))
@@ -235,15 +236,11 @@ def ask(r: Run) -> tuple[optuna.Trial, tuple[str, ...]] | None:
 
 
 def launch(r: Run, members: list[tuple[optuna.Trial, tuple[str, ...]]]) -> None:
-    """One job for the trials: the first one's folder is the job's; with stacking on, every other
-    member's folder gets its config before the job starts."""
-    numbers = [trial.number for trial, _ in members]
-    stack = numbers if r.settings.stack > 1 else None
-    jobs = [member_job(r, trial.number, overrides, stack) for trial, overrides in members]
+    """The trials' jobs, to start as places free up; trials whose jobs cannot be made (a stack's
+    folders on a full disk) fail, and the sweep goes on."""
     try:
-        for number, job in zip(numbers[1:], jobs[1:], strict=True):
-            r.write_member(number, job)
-    except Exception as err:  # a full disk, a file where a folder goes: these trials fail, the sweep goes on
+        jobs = r.shape.jobs(members)
+    except Exception as err:
         StorageFailure.raise_if_storage(err, r.settings.storage)
         failed = Outcome.failed(f"cannot prepare the stack's folders: {err}")
         for trial, _ in members:
@@ -254,82 +251,24 @@ def launch(r: Run, members: list[tuple[optuna.Trial, tuple[str, ...]]]) -> None:
         r.stopping = r.stopping or len(r.failures) > r.allowed_failures
         r.scan = None
         return
-    if stack:
+    if r.settings.stack > 1:
+        numbers = [trial.number for trial, _ in members]
         log.info("trials %s train together (stack of %d)", ", ".join(map(str, numbers)), len(numbers))
-    if r.plan.seeds:  # one job per seed, started as places free up
-        [(trial, overrides)] = members
-        r.seeds_ended[trial.number] = {}
-        r.waiting += [((trial.number, k), seed_job(r, trial.number, overrides, k)) for k in range(len(r.plan.seeds))]
-        return
-    start_job(r, numbers[0], jobs[0], numbers)
+    r.waiting += jobs
 
 
-def start_job(r: Run, key: Any, job: tuple[str, ...], numbers: list[int] | None = None) -> None:
-    """Launch a job made by launch(); a waiting seed's job is its trial's alone."""
-    numbers = numbers or [key[0]]
-    r.jobs[key] = numbers
-    gpu = r.slots.take(key)
+def start_job(r: Run, job: Job) -> None:
+    """Launch a job made by launch(), with what the extras add (a GPU slot, the watchdog's token)."""
+    r.jobs[job.key] = job
+    overrides, numbers = job.overrides, job.numbers
+    gpu = r.slots.take(job.key)
     if gpu is not None:
         log.info("trial%s %s on GPU %s", "s" if len(numbers) > 1 else "", ", ".join(map(str, numbers)), gpu)
-        job = (*job, f"++hydra.job.env_set.{VISIBLE_ENV}={quoted(gpu)}")
+        overrides = (*overrides, f"++hydra.job.env_set.{VISIBLE_ENV}={quoted(gpu)}")
     if r.launches.threaded:  # a job in the sweeper's own process cannot be watched (nor stopped)
-        token = r.watchdog.started(key, job_folder(r, key))
-        job = (*job, f"++hydra.job.env_set.{watchdog.TOKEN_ENV}={quoted(token)}")
-    r.launches.start(key, job, numbers[0])
-
-
-def job_folder(r: Run, key: Any) -> Path:
-    """A job's folder: its first trial's, or its seed's in its trial's folder."""
-    if isinstance(key, tuple):
-        return r.plan.sweep_dir / repeats.folder(key[0], r.plan.seeds[key[1]])
-    return r.plan.sweep_dir / str(key)
-
-
-def seed_job(r: Run, number: int, overrides: tuple[str, ...], k: int) -> tuple[str, ...]:
-    """The overrides of one seed's job of a repeated trial: the seed, and a folder in the trial's."""
-    key, seed = r.settings.seed_key, r.plan.seeds[k]
-    own = tuple(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key)  # a seed fixed on the command line
-    return (
-        *own,
-        f"++{key}={seed}",  # adds the key or replaces it
-        *job_overrides(
-            r.study.study_name,
-            number,
-            *job_channel(r.settings),
-            None,
-            r.settings.trial_timeout,
-            job_env(r, [number], tracked=k == 0),  # the first seed's steps are the trial's
-        ),
-        f"++hydra.job.env_set.{REPEAT_ENV}={quoted(f'{k}/{len(r.plan.seeds)}')}",
-        f"hydra.sweep.dir={r.plan.sweep_dir}",
-        f"hydra.sweep.subdir={repeats.folder(number, seed)}",
-    )
-
-
-def member_job(r: Run, number: int, overrides: tuple[str, ...], stack: list[int] | None) -> tuple[str, ...]:
-    """The overrides of one trial's job (a stack's first member's are the stack's)."""
-    return (
-        *overrides,
-        *job_overrides(
-            r.study.study_name,
-            number,
-            *job_channel(r.settings),
-            stack,
-            r.settings.trial_timeout,
-            job_env(r, stack or [number]),
-        ),
-        f"hydra.sweep.dir={r.plan.sweep_dir}",
-        f"hydra.sweep.subdir={number}",
-    )
-
-
-def job_env(r: Run, numbers: list[int], tracked: bool = True) -> dict[str, str]:
-    """More of the job's environment: how long its reporter waits out a lost database server, and
-    where its steps are tracked (MLflow, TensorBoard)."""
-    env = {OUTAGE_ENV: repr(float(r.settings.outage_timeout))}
-    if tracked and r.tracking is not None:
-        env.update(r.tracking.job_env(numbers))
-    return env
+        token = r.watchdog.started(job.key, r.shape.folder(job.key))
+        overrides = (*overrides, f"++hydra.job.env_set.{watchdog.TOKEN_ENV}={quoted(token)}")
+    r.launches.start(job.key, overrides, numbers[0])
 
 
 def surplus(r: Run, trial: optuna.Trial) -> bool:
@@ -373,20 +312,25 @@ def collect(r: Run) -> None:
 
 
 def job_ended(r: Run, key: Any, ret: Any) -> None:
-    numbers = r.jobs.pop(key)
+    """A job's end: its trials' waiting jobs that are not to start any more go, and each trial all
+    of whose jobs ended is told."""
+    job = r.jobs.pop(key)
     r.slots.free(key)
-    if r.plan.seeds:
-        seed_ended(r, *key, ret)
-        return
-    parts = {key: ret} if r.settings.stack == 1 else outcome.of_stack(ret, numbers)
-    for number in numbers:
-        finish(r, number, parts[number])
+    stop = r.shape.ended(job, ret, lambda number: r.in_flight[number].trial)
+    for dropped in [w for w in r.waiting if w.key in stop]:
+        r.waiting.remove(dropped)
+        r.shape.dropped(dropped)
+    for decision in r.shape.decided():
+        if decision.again:
+            lost_with_pool(r, decision.number)
+        else:
+            conclude(r, decision.number, decision.decide)
 
 
 def stop_hung(r: Run, key: Any, w: watchdog.Watch) -> None:
     """A hung job: its processes are stopped (its trials are told when its launcher returns); one
     on another machine is left to its scheduler, its trials told now."""
-    numbers = r.jobs[key]
+    numbers = r.jobs[key].numbers
     log.warning("trial%s %s %s", "s" if len(numbers) > 1 else "", ", ".join(map(str, numbers)), w.hung)
     why = r.watchdog.stop(w)
     if why is None:
@@ -416,75 +360,6 @@ def verdict(r: Run, key: Any, ret: Any) -> Any:
     if pid in watchdog.POOL_DEATHS:
         return JobLost(watchdog.killed_reason(watchdog.POOL_DEATHS[pid]))
     return JobLost("interrupted", again=True)
-
-
-def seed_ended(r: Run, number: int, k: int, ret: Any) -> None:
-    """One seed of a repeated trial ended. A seed that failed or was pruned ends its trial: its
-    seeds not yet started never run. The trial is told once none of its seeds runs or waits."""
-    ended = r.seeds_ended[number]
-    ended[k] = ret
-    trial = r.in_flight[number].trial
-    if judge(r, trial, r.plan.sweep_dir / repeats.folder(number, r.plan.seeds[k]), ret)[0].state != TrialState.COMPLETE:
-        r.waiting = [w for w in r.waiting if w[0][0] != number]
-    if any(key[0] == number for key in r.jobs) or any(key[0] == number for key, _ in r.waiting):
-        return
-    del r.seeds_ended[number]
-    conclude(r, number, lambda trial: repeated(r, trial, ended))
-
-
-def judge(r: Run, trial: optuna.Trial, job_dir: Path, ret: Any) -> tuple[Outcome, dict]:
-    """One job's outcome (and its results file) from its return and what its reporter stored."""
-    results = outcome.read_results(job_dir, r.settings.results_file)
-    stored = recovery.stored_user_attrs(r.study, trial)
-    n = len(r.settings.directions)
-    return outcome.of_job(ret, results, n, stored.get(PRUNED_ATTR), stored.get(TIMEOUT_ATTR)), results
-
-
-def single(r: Run, trial: optuna.Trial, ret: Any) -> tuple[Outcome, dict]:
-    job_dir = r.plan.sweep_dir / str(trial.number)
-    result, results = judge(r, trial, job_dir, ret)
-    if isinstance(ret, JobLost) and ret.last:
-        keep_last_value(r, trial)
-    outcome.record(trial, results, r.settings.record, job_dir)
-    outcome.upload(trial, job_dir, r.settings.artifact_dir, r.settings.artifacts)
-    return result, results
-
-
-def repeated(r: Run, trial: optuna.Trial, rets: dict[int, Any]) -> tuple[Outcome, dict]:
-    """A repeated trial from its seeds' jobs: the mean of their values, their results files averaged,
-    each seed's files uploaded; its folder (`dir`) is its first seed's."""
-    outcomes, found = [], []
-    for k, seed in enumerate(r.plan.seeds):
-        job_dir = r.plan.sweep_dir / repeats.folder(trial.number, seed)
-        if k not in rets:
-            outcomes.append(None)
-            continue
-        result, results = judge(r, trial, job_dir, rets[k])
-        outcomes.append(result)
-        found.append(results)
-        outcome.upload(trial, job_dir, r.settings.artifact_dir, r.settings.artifacts)
-    result, attrs = repeats.combine(outcomes, r.plan.seeds, r.settings.names)
-    merged = repeats.mean_results(found)
-    first = r.plan.sweep_dir / repeats.folder(trial.number, r.plan.seeds[0])
-    outcome.record(trial, merged, r.settings.record, first)
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
-    return result, merged
-
-
-def keep_last_value(r: Run, trial: optuna.Trial) -> None:
-    """A stopped trial's last reported value, as the user attribute `last_value`."""
-    steps = recovery.stored_trial(r.study, trial).intermediate_values
-    if steps:
-        trial.set_user_attr("last_value", steps[max(steps)])
-
-
-def finish(r: Run, number: int, ret: Any) -> None:
-    """Record one finished job: what it left, its outcome, its files; then say so."""
-    if isinstance(ret, JobLost) and ret.again:
-        lost_with_pool(r, number)
-        return
-    conclude(r, number, lambda trial: single(r, trial, ret))
 
 
 def lost_with_pool(r: Run, number: int) -> None:
@@ -623,13 +498,6 @@ def progress(r: Run) -> None:
 def allowed_failures(settings: Settings, plan: Plan, study: optuna.Study) -> int:
     left = plan.n_trials - sum(map(counts_toward_target, study.get_trials(deepcopy=False)))
     return math.floor(settings.max_failure_rate * max(1, left))
-
-
-def job_channel(settings: Settings) -> tuple[str | None, str | None]:
-    """What each job gets to report its steps: the storage URL (unless it holds a password, which
-    travels in the environment instead) and the pruner's config."""
-    storage = None if has_password(settings.storage) else absolute(settings.storage)
-    return storage, settings.pruner_json
 
 
 def running(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:

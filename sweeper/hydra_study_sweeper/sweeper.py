@@ -6,7 +6,6 @@ plan (plan.py) ─▶ open the study (study.py) ─▶ run loop (loop.py) ─▶
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,13 @@ from typing import Any
 import optuna
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from . import cleanup, compat, loop, plan, settings, staged, stock, summary
 from .errors import StorageFailure, SweepExit
 from .gpus import Slots, say_slots
+from .jobs import Shape
 from .launching import Launches, worker_processes
 from .recovery import Heartbeat
 from .signals import exit_code, interrupting
@@ -64,17 +64,17 @@ class StudySweeper:
         s = self.settings
         study = self.open(p)
         heartbeat = Heartbeat(p.storage, s.heartbeat_interval)
+        tracking = SweepTracker(s, p.name) if (s.mlflow or s.tensorboard) else None
         r = loop.Run(
             settings=s,
             plan=p,
             study=study,
             heartbeat=heartbeat,
             launches=Launches(self.inputs.launcher),
-            configure=lambda trial: self.configurator.overrides(trial, p.space, self.config),
+            shape=Shape(self.inputs, p, study, env=tracking.job_env if tracking is not None else lambda numbers: {}),
             allowed_failures=loop.allowed_failures(s, p, study),
-            write_member=lambda number, job: self.write_member(p, number, job),
             slots=Slots(list(p.gpu_slots)),
-            tracking=SweepTracker(s, p.name) if (s.mlflow or s.tensorboard) else None,
+            tracking=tracking,
             watchdog=Watchdog(s.stall_timeout, s.trial_timeout, s.stop_grace, s.start_timeout),
         )
         if p.gpu_slots:
@@ -116,19 +116,6 @@ class StudySweeper:
                 r.tracking.close()
         self.summarize(study, p)
         return study
-
-    def write_member(self, p: plan.Plan, number: int, job: tuple[str, ...]) -> None:
-        """A stack member's .hydra files, as Hydra writes them for a job of its own: its whole task
-        config (what the stacked job trains it with) and its overrides."""
-        composed = self.inputs.loader.load_sweep_config(self.config, list(job))
-        folder = p.sweep_dir / str(number) / ".hydra"
-        folder.mkdir(parents=True, exist_ok=True)
-        task = copy.deepcopy(composed)
-        with read_write(task), open_dict(task):
-            del task["hydra"]
-        OmegaConf.save(task, folder / "config.yaml")
-        OmegaConf.save(composed.hydra.overrides.task, folder / "overrides.yaml")
-        OmegaConf.save(OmegaConf.create({"hydra": composed.hydra}), folder / "hydra.yaml")
 
     def open(self, p: plan.Plan) -> optuna.Study:
         from .study import open_study
