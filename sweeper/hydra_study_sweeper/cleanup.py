@@ -59,6 +59,5 @@ def settle_in_flight(r: Run, reason: str) -> None:
         if outcome.tell(r.study, trial, Outcome.failed(reason)):
             queued = recovery.requeue(r.study, trial)
             log.warning("trial %d %s: recorded as failed%s", number, reason, " and queued again" if queued else "")
-    if r.tracking is not None:
-        r.tracking.interrupted()
+    r.extras.sweep_ended(interrupted=True)
     r.launches.abandon()

@@ -15,20 +15,18 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from . import outcome, recovery, watchdog
+from . import outcome, recovery
 from .errors import StorageFailure, SweepExit, UserError
-from .gpus import VISIBLE_ENV, Slots
-from .job import quoted
+from .extras import Extras
 from .jobs import Job, Shape
 from .journal import vanished
 from .launching import Launches
-from .outcome import JobLost, Outcome
+from .outcome import Outcome
 from .plan import Plan
 from .recovery import Heartbeat, counts_toward_target
 from .settings import Settings
@@ -115,15 +113,9 @@ class Run:
     announced: bool = False  # the wait for other workers was said
     began: float = field(default_factory=time.monotonic)
     out_of_time: bool = False  # the sweep's timeout passed: start nothing more
-    slots: Slots = field(default_factory=lambda: Slots([]))  # GPU slots of the jobs side by side
-    tracking: Any = None  # tracking.SweepTracker (MLflow, TensorBoard), or None
     tally: Tally = field(default_factory=Tally)
-    watchdog: watchdog.Watchdog = field(default_factory=lambda: watchdog.Watchdog(None, None, 30))
-
-    @property
-    def capacity(self) -> int:
-        """Jobs running at once: n_jobs, or fewer where there are fewer GPU slots."""
-        return min(self.settings.n_jobs, len(self.slots)) if len(self.slots) else self.settings.n_jobs
+    extras: Extras = field(default_factory=lambda: Extras([]))  # GPU slots, the watchdog, tracking
+    capacity: int = 1  # jobs running at once: n_jobs, or fewer where there are fewer GPU slots
 
     def forget(self, number: int) -> InFlight:
         flight = self.in_flight.pop(number)
@@ -229,8 +221,7 @@ def ask(r: Run) -> tuple[optuna.Trial, tuple[str, ...]] | None:
         outcome.tell(r.study, trial, Outcome.failed(f"{type(err).__name__}: {err}"))
         raise UserError(f"cannot build the trial's parameters: {err}") from None
     log.info("trial %d start: %s", trial.number, shown_params(trial.params))
-    if r.tracking is not None:
-        r.tracking.started(trial.number, {**r.plan.space.fixed, **trial.params})
+    r.extras.trial_started(trial.number, {**r.plan.space.fixed, **trial.params})
     r.scan = Scan(r.scan.at, r.scan.done, r.scan.others, r.scan.todo - 1, r.scan.stored + 1)
     return trial, overrides
 
@@ -260,15 +251,8 @@ def launch(r: Run, members: list[tuple[optuna.Trial, tuple[str, ...]]]) -> None:
 def start_job(r: Run, job: Job) -> None:
     """Launch a job made by launch(), with what the extras add (a GPU slot, the watchdog's token)."""
     r.jobs[job.key] = job
-    overrides, numbers = job.overrides, job.numbers
-    gpu = r.slots.take(job.key)
-    if gpu is not None:
-        log.info("trial%s %s on GPU %s", "s" if len(numbers) > 1 else "", ", ".join(map(str, numbers)), gpu)
-        overrides = (*overrides, f"++hydra.job.env_set.{VISIBLE_ENV}={quoted(gpu)}")
-    if r.launches.threaded:  # a job in the sweeper's own process cannot be watched (nor stopped)
-        token = r.watchdog.started(job.key, r.shape.folder(job.key))
-        overrides = (*overrides, f"++hydra.job.env_set.{watchdog.TOKEN_ENV}={quoted(token)}")
-    r.launches.start(job.key, overrides, numbers[0])
+    added = r.extras.starting(job.key, job.numbers, r.shape.folder(job.key))
+    r.launches.start(job.key, (*job.overrides, *added), job.numbers[0])
 
 
 def surplus(r: Run, trial: optuna.Trial) -> bool:
@@ -294,15 +278,14 @@ def surplus(r: Run, trial: optuna.Trial) -> bool:
 
 def collect(r: Run) -> None:
     """Tell the trials whose jobs ended (waiting a second for one); look at the study again after."""
-    hung, gone = r.watchdog.look(paused=recovery.storage_away(r.plan.storage))
-    for key, w in hung:
-        stop_hung(r, key, w)
-    for key, w in gone:  # stopped seconds ago; its launcher has not noticed yet (submitit polls)
-        abandon(r, key, JobLost(f"{w.hung}; its processes were stopped", last=True))
+    for key, lost in r.extras.look(paused=recovery.storage_away(r.plan.storage)):
+        if key in r.jobs:  # told without waiting for its launcher (whose late return is then ignored)
+            job_ended(r, key, lost)
+            r.scan = None
     ended = r.launches.wait(timeout=1.0)
-    for first, ret in ended:
-        if first in r.jobs:  # not a hung job on another machine, told when it was found
-            job_ended(r, first, verdict(r, first, ret))
+    for key, ret in ended:
+        if key in r.jobs:  # not a hung job on another machine, told when it was found
+            job_ended(r, key, ret)
     if ended:
         r.scan = scan(r)  # the next decision's look, which the progress line reads too
         progress(r)
@@ -312,10 +295,10 @@ def collect(r: Run) -> None:
 
 
 def job_ended(r: Run, key: Any, ret: Any) -> None:
-    """A job's end: its trials' waiting jobs that are not to start any more go, and each trial all
-    of whose jobs ended is told."""
+    """A job's end (as the extras take it): its trials' waiting jobs that are not to start any more
+    go, and each trial all of whose jobs ended is told."""
     job = r.jobs.pop(key)
-    r.slots.free(key)
+    ret = r.extras.job_ended(key, ret)
     stop = r.shape.ended(job, ret, lambda number: r.in_flight[number].trial)
     for dropped in [w for w in r.waiting if w.key in stop]:
         r.waiting.remove(dropped)
@@ -325,41 +308,6 @@ def job_ended(r: Run, key: Any, ret: Any) -> None:
             lost_with_pool(r, decision.number)
         else:
             conclude(r, decision.number, decision.decide)
-
-
-def stop_hung(r: Run, key: Any, w: watchdog.Watch) -> None:
-    """A hung job: its processes are stopped (its trials are told when its launcher returns); one
-    on another machine is left to its scheduler, its trials told now."""
-    numbers = r.jobs[key].numbers
-    log.warning("trial%s %s %s", "s" if len(numbers) > 1 else "", ", ".join(map(str, numbers)), w.hung)
-    why = r.watchdog.stop(w)
-    if why is None:
-        return
-    log.warning("%s: it cannot be stopped from this worker; the sweep goes on without it", why)
-    abandon(r, key, JobLost(w.hung, last=True))
-
-
-def abandon(r: Run, key: Any, lost: JobLost) -> None:
-    """Tell a job's trials without waiting for its launcher (whose late return is then ignored)."""
-    r.watchdog.ended(key)
-    job_ended(r, key, lost)
-    r.scan = None
-
-
-def verdict(r: Run, key: Any, ret: Any) -> Any:
-    """A job's return, or why it was lost: stopped as hung, killed (joblib's worker died), or caught
-    up in another job's death (joblib stops its whole pool: queued again)."""
-    w = r.watchdog.ended(key)
-    if w is not None and w.hung:
-        return JobLost(f"{w.hung}; its processes were stopped", last=True)
-    if not watchdog.pool_broke(ret) or not watchdog.POOL_DEATHS:
-        return ret
-    if w is not None and w.pid is None:  # it died before the watchdog's last look
-        watchdog.read(w, time.monotonic())
-    pid = w.pid if w is not None else None
-    if pid in watchdog.POOL_DEATHS:
-        return JobLost(watchdog.killed_reason(watchdog.POOL_DEATHS[pid]))
-    return JobLost("interrupted", again=True)
 
 
 def lost_with_pool(r: Run, number: int) -> None:
@@ -402,10 +350,7 @@ def conclude(r: Run, number: int, decide: Any) -> None:
         )
         return
     say_outcome(r, trial, result, results.get("seconds", seconds))
-    if r.tracking is not None:
-        job_dir = trial.user_attrs.get(outcome.DIR_ATTR)
-        attrs = recovery.stored_user_attrs(r.study, trial)  # with what the job's reporter wrote
-        r.tracking.ended(trial, attrs, result, r.settings.names, Path(job_dir) if job_dir else None)
+    r.extras.trial_ended(r.study, trial, result)
 
 
 def say_outcome(r: Run, trial: optuna.Trial, result: Outcome, seconds: float) -> None:

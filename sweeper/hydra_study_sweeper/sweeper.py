@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from . import cleanup, compat, loop, plan, settings, staged, stock, summary
 from .errors import StorageFailure, SweepExit
+from .extras import Extras, GpuSlots, Tracking, Watching
 from .gpus import Slots, say_slots
 from .jobs import Shape
 from .launching import Launches, worker_processes
@@ -64,18 +65,18 @@ class StudySweeper:
         s = self.settings
         study = self.open(p)
         heartbeat = Heartbeat(p.storage, s.heartbeat_interval)
-        tracking = SweepTracker(s, p.name) if (s.mlflow or s.tensorboard) else None
+        launches = Launches(self.inputs.launcher)
+        on = self.extras(p, launches)
         r = loop.Run(
             settings=s,
             plan=p,
             study=study,
             heartbeat=heartbeat,
-            launches=Launches(self.inputs.launcher),
-            shape=Shape(self.inputs, p, study, env=tracking.job_env if tracking is not None else lambda numbers: {}),
+            launches=launches,
+            shape=Shape(self.inputs, p, study, env=on.job_env),
             allowed_failures=loop.allowed_failures(s, p, study),
-            slots=Slots(list(p.gpu_slots)),
-            tracking=tracking,
-            watchdog=Watchdog(s.stall_timeout, s.trial_timeout, s.stop_grace, s.start_timeout),
+            extras=on,
+            capacity=min(s.n_jobs, len(p.gpu_slots)) if p.gpu_slots else s.n_jobs,
         )
         if p.gpu_slots:
             say_slots(p.gpu_slots, s.n_jobs)
@@ -112,10 +113,21 @@ class StudySweeper:
             raise
         finally:
             heartbeat.stop()
-            if r.tracking is not None:
-                r.tracking.close()
+            r.extras.sweep_ended(interrupted=False)
         self.summarize(study, p)
         return study
+
+    def extras(self, p: plan.Plan, launches: Launches) -> Extras:
+        """What plugs into this run's loop: GPU slots, the watchdog (for jobs in processes of their
+        own: one in the sweeper's process cannot be stopped), MLflow and TensorBoard."""
+        s, on = self.settings, []
+        if p.gpu_slots:
+            on.append(GpuSlots(Slots(list(p.gpu_slots))))
+        if launches.threaded:
+            on.append(Watching(Watchdog(s.stall_timeout, s.trial_timeout, s.stop_grace, s.start_timeout)))
+        if s.mlflow or s.tensorboard:
+            on.append(Tracking(SweepTracker(s, p.name), s.names))
+        return Extras(on)
 
     def open(self, p: plan.Plan) -> optuna.Study:
         from .study import open_study

@@ -1,0 +1,172 @@
+"""What plugs into the run loop beside trials and jobs: GPU slots, the hung-job watchdog, MLflow and
+TensorBoard tracking. Each is an `Extra`; the loop calls `Extras`, the list of those switched on,
+at a few moments (a job's environment and start, a look while jobs run, a job's end, a trial's
+start and end, the sweep's end) and never knows which are on. A new feature plugs in here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from . import recovery, watchdog
+from .gpus import VISIBLE_ENV, Slots
+from .job import quoted
+from .outcome import DIR_ATTR, JobLost, Outcome
+
+log = logging.getLogger(__name__)
+
+
+class Extra:
+    """Every hook does nothing unless an extra says otherwise."""
+
+    def job_env(self, numbers: list[int]) -> dict[str, str]:
+        """More environment for a job of these trials (tracked ones)."""
+        return {}
+
+    def starting(self, key: Any, numbers: tuple[int, ...], folder: Path) -> tuple[str, ...]:
+        """Overrides to add as the job `key` of these trials starts into `folder`."""
+        return ()
+
+    def look(self, paused: bool) -> list[tuple[Any, JobLost]]:
+        """Jobs to end now, without waiting for their launcher; `paused`: the storage is away."""
+        return []
+
+    def job_ended(self, key: Any, ret: Any) -> Any:
+        """A job's return, as the sweeper should take it."""
+        return ret
+
+    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+        pass
+
+    def trial_ended(self, study: optuna.Study, trial: optuna.Trial, result: Outcome) -> None:
+        pass
+
+    def sweep_ended(self, interrupted: bool) -> None:
+        pass
+
+
+class Extras(Extra):
+    """The extras switched on, called in turn."""
+
+    def __init__(self, extras: list[Extra]) -> None:
+        self.extras = extras
+
+    def job_env(self, numbers: list[int]) -> dict[str, str]:
+        return {k: v for e in self.extras for k, v in e.job_env(numbers).items()}
+
+    def starting(self, key: Any, numbers: tuple[int, ...], folder: Path) -> tuple[str, ...]:
+        return tuple(o for e in self.extras for o in e.starting(key, numbers, folder))
+
+    def look(self, paused: bool) -> list[tuple[Any, JobLost]]:
+        return [found for e in self.extras for found in e.look(paused)]
+
+    def job_ended(self, key: Any, ret: Any) -> Any:
+        for e in self.extras:
+            ret = e.job_ended(key, ret)
+        return ret
+
+    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+        for e in self.extras:
+            e.trial_started(number, params)
+
+    def trial_ended(self, study: optuna.Study, trial: optuna.Trial, result: Outcome) -> None:
+        for e in self.extras:
+            e.trial_ended(study, trial, result)
+
+    def sweep_ended(self, interrupted: bool) -> None:
+        for e in self.extras:
+            e.sweep_ended(interrupted)
+
+
+class GpuSlots(Extra):
+    """Each job on a GPU slot of its own (CUDA_VISIBLE_DEVICES), freed when it ends."""
+
+    def __init__(self, slots: Slots) -> None:
+        self.slots = slots
+
+    def starting(self, key: Any, numbers: tuple[int, ...], folder: Path) -> tuple[str, ...]:
+        gpu = self.slots.take(key)
+        if gpu is None:
+            return ()
+        log.info("trial%s %s on GPU %s", "s" if len(numbers) > 1 else "", ", ".join(map(str, numbers)), gpu)
+        return (f"++hydra.job.env_set.{VISIBLE_ENV}={quoted(gpu)}",)
+
+    def job_ended(self, key: Any, ret: Any) -> Any:
+        self.slots.free(key)
+        return ret
+
+
+class Watching(Extra):
+    """The hung-job watchdog for jobs in processes of their own: a job silent too long is stopped,
+    and a job that died or was caught up in its pool's death says so."""
+
+    def __init__(self, dog: watchdog.Watchdog) -> None:
+        self.dog = dog
+        self.numbers: dict[Any, tuple[int, ...]] = {}
+
+    def starting(self, key: Any, numbers: tuple[int, ...], folder: Path) -> tuple[str, ...]:
+        self.numbers[key] = numbers
+        return (f"++hydra.job.env_set.{watchdog.TOKEN_ENV}={quoted(self.dog.started(key, folder))}",)
+
+    def look(self, paused: bool) -> list[tuple[Any, JobLost]]:
+        hung, gone = self.dog.look(paused=paused)
+        lost = [found for key, w in hung if (found := self.stop(key, w)) is not None]
+        return lost + [(key, JobLost(f"{w.hung}; its processes were stopped", last=True)) for key, w in gone]
+
+    def stop(self, key: Any, w: watchdog.Watch) -> tuple[Any, JobLost] | None:
+        """A hung job: its processes are stopped (its trials are told when its launcher returns); one
+        on another machine is left to its scheduler, its trials told now."""
+        numbers = self.numbers.get(key, ())
+        log.warning("trial%s %s %s", "s" if len(numbers) > 1 else "", ", ".join(map(str, numbers)), w.hung)
+        why = self.dog.stop(w)
+        if why is None:
+            return None
+        log.warning("%s: it cannot be stopped from this worker; the sweep goes on without it", why)
+        return key, JobLost(w.hung, last=True)
+
+    def job_ended(self, key: Any, ret: Any) -> Any:
+        """A job's return, or why it was lost: stopped as hung, killed (joblib's worker died), or
+        caught up in another job's death (joblib stops its whole pool: queued again)."""
+        self.numbers.pop(key, None)
+        w = self.dog.ended(key)
+        if isinstance(ret, JobLost):  # already decided (a job abandoned without its launcher)
+            return ret
+        if w is not None and w.hung:
+            return JobLost(f"{w.hung}; its processes were stopped", last=True)
+        if not watchdog.pool_broke(ret) or not watchdog.POOL_DEATHS:
+            return ret
+        if w is not None and w.pid is None:  # it died before the watchdog's last look
+            watchdog.read(w, time.monotonic())
+        pid = w.pid if w is not None else None
+        if pid in watchdog.POOL_DEATHS:
+            return JobLost(watchdog.killed_reason(watchdog.POOL_DEATHS[pid]))
+        return JobLost("interrupted", again=True)
+
+
+class Tracking(Extra):
+    """MLflow and TensorBoard (tracking.SweepTracker): a run per trial, its steps, its end."""
+
+    def __init__(self, tracker: Any, names: list[str]) -> None:
+        self.tracker, self.names = tracker, names
+
+    def job_env(self, numbers: list[int]) -> dict[str, str]:
+        return self.tracker.job_env(numbers)
+
+    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+        self.tracker.started(number, params)
+
+    def trial_ended(self, study: optuna.Study, trial: optuna.Trial, result: Outcome) -> None:
+        job_dir = trial.user_attrs.get(DIR_ATTR)
+        attrs = recovery.stored_user_attrs(study, trial)  # with what the job's reporter wrote
+        self.tracker.ended(trial, attrs, result, self.names, Path(job_dir) if job_dir else None)
+
+    def sweep_ended(self, interrupted: bool) -> None:
+        if interrupted:
+            self.tracker.interrupted()
+        else:
+            self.tracker.close()
