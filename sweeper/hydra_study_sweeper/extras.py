@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from . import recovery, watchdog
 from .gpus import VISIBLE_ENV, Slots
@@ -40,11 +41,14 @@ class Extra:
         """A job's return, as the sweeper should take it."""
         return ret
 
-    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+    def trial_started(self, trial: optuna.Trial, fixed: dict[str, Any]) -> None:
+        """A trial asked, its parameters suggested (`fixed`: those the command line set)."""
+
+    def trial_ended(self, study: optuna.Study, trial: optuna.Trial, result: Outcome, seconds: float) -> None:
         pass
 
-    def trial_ended(self, study: optuna.Study, trial: optuna.Trial, result: Outcome) -> None:
-        pass
+    def progress(self, study: optuna.Study, tally: Any, target: int) -> None:
+        """Jobs ended, and the study was looked at again (tally: recovery.Tally)."""
 
     def sweep_ended(self, interrupted: bool) -> None:
         pass
@@ -70,17 +74,63 @@ class Extras(Extra):
             ret = e.job_ended(key, ret)
         return ret
 
-    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+    def trial_started(self, trial: optuna.Trial, fixed: dict[str, Any]) -> None:
         for e in self.extras:
-            e.trial_started(number, params)
+            e.trial_started(trial, fixed)
 
-    def trial_ended(self, study: optuna.Study, trial: optuna.Trial, result: Outcome) -> None:
+    def trial_ended(self, study: optuna.Study, trial: optuna.Trial, result: Outcome, seconds: float) -> None:
         for e in self.extras:
-            e.trial_ended(study, trial, result)
+            e.trial_ended(study, trial, result, seconds)
+
+    def progress(self, study: optuna.Study, tally: Any, target: int) -> None:
+        for e in self.extras:
+            e.progress(study, tally, target)
 
     def sweep_ended(self, interrupted: bool) -> None:
         for e in self.extras:
             e.sweep_ended(interrupted)
+
+
+class Console(Extra):
+    """The sweep's own lines: each trial's start and end, and the progress after jobs end."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def trial_started(self, trial: optuna.Trial, fixed: dict[str, Any]) -> None:
+        log.info("trial %d start: %s", trial.number, shown_params(trial.params))
+
+    def trial_ended(self, study: optuna.Study, trial: optuna.Trial, result: Outcome, seconds: float) -> None:
+        if result.state == TrialState.FAIL:
+            log.warning("trial %d failed after %.1f s: %s", trial.number, seconds, result.reason)
+        elif result.state == TrialState.PRUNED:
+            log.info("trial %d %s (%s)", trial.number, result.reason, shown_params(trial.params))
+        else:
+            attrs = trial.user_attrs
+            values = ", ".join(
+                f"{n}={v:.4g}" + (f" ± {attrs[f'{n}_std']:.2g}" if f"{n}_std" in attrs else "")
+                for n, v in zip(self.names, result.values, strict=True)
+            )
+            if "seeds" in attrs:
+                values += f" (mean of seeds {', '.join(map(str, attrs['seeds']))})"
+            log.info("trial %d end: %s in %.3g s (%s)", trial.number, values, seconds, shown_params(trial.params))
+
+    def progress(self, study: optuna.Study, tally: Any, target: int) -> None:
+        done, failed, pruned = tally.counted, tally.failed, tally.pruned
+        notes = [f"{n} {what}" for n, what in ((pruned, "pruned"), (failed, "failed")) if n]
+        note = f" ({', '.join(notes)})" if notes else ""
+        best = ""
+        if done - failed - pruned > 0:
+            if len(self.names) == 1:
+                b = study.best_trial
+                best = f", best {self.names[0]} {b.value:.4g} (trial {b.number})"
+            else:
+                best = f", Pareto front of {len(study.best_trials)} trial(s)"
+        log.info("progress: %d / %d trials done%s%s", done, target, note, best)
+
+
+def shown_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 class GpuSlots(Extra):
@@ -157,10 +207,10 @@ class Tracking(Extra):
     def job_env(self, numbers: list[int]) -> dict[str, str]:
         return self.tracker.job_env(numbers)
 
-    def trial_started(self, number: int, params: dict[str, Any]) -> None:
-        self.tracker.started(number, params)
+    def trial_started(self, trial: optuna.Trial, fixed: dict[str, Any]) -> None:
+        self.tracker.started(trial.number, {**fixed, **trial.params})
 
-    def trial_ended(self, study: optuna.Study, trial: optuna.Trial, result: Outcome) -> None:
+    def trial_ended(self, study: optuna.Study, trial: optuna.Trial, result: Outcome, seconds: float) -> None:
         job_dir = trial.user_attrs.get(DIR_ATTR)
         attrs = recovery.stored_user_attrs(study, trial)  # with what the job's reporter wrote
         self.tracker.ended(trial, attrs, result, self.names, Path(job_dir) if job_dir else None)

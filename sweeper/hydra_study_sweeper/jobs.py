@@ -72,7 +72,7 @@ class Shape:
         stack = numbers if self.settings.stack > 1 else None
         made = [self.member_job(trial.number, overrides, stack) for trial, overrides in members]
         for number, job in zip(numbers[1:], made[1:], strict=True):
-            self.write_member(number, job)
+            write_member(self.inputs, self.plan.sweep_dir, number, job)
         if self.plan.seeds:
             [(trial, overrides)] = members
             n = trial.number
@@ -135,10 +135,11 @@ class Shape:
         """The overrides of one seed's job of a repeated trial: the seed, and a folder in the trial's."""
         key, seed = self.settings.seed_key, self.plan.seeds[k]
         own = tuple(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key)  # a seed fixed on the command line
+        env = self.env([number]) if k == 0 else {}  # the first seed's steps are the trial's
         return (
             *own,
             f"++{key}={seed}",  # adds the key or replaces it
-            *self.handed(number, None, [number] if k == 0 else []),  # the first seed's steps are the trial's
+            *handed(self.settings, self.study, number, None, env),
             f"++hydra.job.env_set.{REPEAT_ENV}={quoted(f'{k}/{len(self.plan.seeds)}')}",
             f"hydra.sweep.dir={self.plan.sweep_dir}",
             f"hydra.sweep.subdir={repeats.folder(number, seed)}",
@@ -148,32 +149,10 @@ class Shape:
         """The overrides of one trial's job (a stack's first member's are the stack's)."""
         return (
             *overrides,
-            *self.handed(number, stack, stack or [number]),
+            *handed(self.settings, self.study, number, stack, self.env(stack or [number])),
             f"hydra.sweep.dir={self.plan.sweep_dir}",
             f"hydra.sweep.subdir={number}",
         )
-
-    def handed(self, number: int, stack: list[int] | None, tracked: list[int]) -> tuple:
-        """What every job gets of its trial: the study, the storage URL (unless it holds a password,
-        which travels in the environment instead), the pruner, limits, and the extras' environment
-        for the `tracked` trials (a repeated trial's later seeds: none)."""
-        s = self.settings
-        storage = None if has_password(s.storage) else absolute(s.storage)
-        env = {OUTAGE_ENV: repr(float(s.outage_timeout)), **(self.env(tracked) if tracked else {})}
-        return job_overrides(self.study.study_name, number, storage, s.pruner_json, stack, s.trial_timeout, env)
-
-    def write_member(self, number: int, job: tuple[str, ...]) -> None:
-        """A stack member's .hydra files, as Hydra writes them for a job of its own: its whole task
-        config (what the stacked job trains it with) and its overrides."""
-        composed = self.inputs.loader.load_sweep_config(self.inputs.config, list(job))
-        folder = self.plan.sweep_dir / str(number) / ".hydra"
-        folder.mkdir(parents=True, exist_ok=True)
-        task = copy.deepcopy(composed)
-        with read_write(task), open_dict(task):
-            del task["hydra"]
-        OmegaConf.save(task, folder / "config.yaml")
-        OmegaConf.save(composed.hydra.overrides.task, folder / "overrides.yaml")
-        OmegaConf.save(OmegaConf.create({"hydra": composed.hydra}), folder / "hydra.yaml")
 
     def judge(self, trial: optuna.Trial, job_dir: Path, ret: Any) -> tuple[Outcome, dict]:
         """One job's outcome (and its results file) from its return and what its reporter stored."""
@@ -218,3 +197,25 @@ def keep_last_value(study: optuna.Study, trial: optuna.Trial) -> None:
     steps = recovery.stored_trial(study, trial).intermediate_values
     if steps:
         trial.set_user_attr("last_value", steps[max(steps)])
+
+
+def handed(s: Any, study: optuna.Study, number: int, stack: list[int] | None, env: dict[str, str]) -> tuple:
+    """What every job gets of its trial: the study, the storage URL (unless it holds a password,
+    which travels in the environment instead), the pruner, limits, and `env` (the extras')."""
+    storage = None if has_password(s.storage) else absolute(s.storage)
+    env = {OUTAGE_ENV: repr(float(s.outage_timeout)), **env}
+    return job_overrides(study.study_name, number, storage, s.pruner_json, stack, s.trial_timeout, env)
+
+
+def write_member(inputs: Inputs, sweep_dir: Path, number: int, job: tuple[str, ...]) -> None:
+    """A stack member's .hydra files, as Hydra writes them for a job of its own: its whole task
+    config (what the stacked job trains it with) and its overrides."""
+    composed = inputs.loader.load_sweep_config(inputs.config, list(job))
+    folder = sweep_dir / str(number) / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    task = copy.deepcopy(composed)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    OmegaConf.save(task, folder / "config.yaml")
+    OmegaConf.save(composed.hydra.overrides.task, folder / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": composed.hydra}), folder / "hydra.yaml")

@@ -10,6 +10,7 @@ process's logging, environment and working directory while a job runs).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import signal
@@ -17,6 +18,8 @@ import threading
 from typing import Any
 
 from .compat import launcher_kind, running_executor
+
+log = logging.getLogger(__name__)
 
 
 def runs_elsewhere(launcher: Any) -> bool:
@@ -126,3 +129,24 @@ def ray_init_options(options: dict[str, Any]) -> dict[str, Any]:
     runtime_env = dict(options.get("runtime_env") or {})
     runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), **secrets}
     return {**options, "runtime_env": runtime_env}
+
+
+def say_limits(settings: Any, launches: Launches, capacity: int) -> None:
+    """What the launcher keeps from the settings: a stall_timeout it cannot watch, fewer joblib
+    processes than jobs at once."""
+    if settings.stall_timeout and not launches.threaded:
+        log.warning(
+            "hydra.sweeper.stall_timeout=%g s is not watched: the basic launcher runs each job in this "
+            "process, where a hung job cannot be stopped (use a launcher with processes of its own: joblib, "
+            "submitit_local)",
+            settings.stall_timeout,
+        )
+    workers = worker_processes(launches.launcher)
+    if workers is not None and workers < capacity:
+        log.warning(
+            "joblib runs %d job(s) at once (hydra.launcher.n_jobs), fewer than hydra.sweeper.n_jobs=%d: "
+            "the others wait for a process; set hydra.launcher.n_jobs=%d",
+            workers,
+            settings.n_jobs,
+            capacity,
+        )

@@ -28,7 +28,7 @@ from .journal import vanished
 from .launching import Launches
 from .outcome import Outcome
 from .plan import Plan
-from .recovery import Heartbeat, counts_toward_target
+from .recovery import Heartbeat, Tally, counts_toward_target
 from .settings import Settings
 from .signals import raise_pending
 from .urls import masked
@@ -47,44 +47,6 @@ class Scan:
     others: list[optuna.trial.FrozenTrial]  # running in other workers
     todo: int  # trials still to start here
     stored: int  # trials in the study (the next trial's number, as far as this worker knows)
-
-
-class Tally:
-    """What counts toward the target, kept from one look at the study to the next without a pass
-    over every stored trial: a finished trial never changes, so only the new and the unfinished
-    ones are looked at again (this counting costs as much per trial in a study of 10,000 trials as
-    in one of 100; Optuna's get_trials, which hands over the list, still sorts them all)."""
-
-    def __init__(self) -> None:
-        self.seen = 0  # trials looked at: numbers below this are known
-        self.open: set[int] = set()  # numbers of those not finished when last looked at
-        self.counted = self.failed = self.pruned = 0
-
-    def update(self, trials: list[optuna.trial.FrozenTrial]) -> None:
-        """`trials`: the study's, in number order (Optuna numbers them 0, 1, 2 ... in each study)."""
-        if trials and trials[-1].number != len(trials) - 1:  # not numbered as Optuna does: count all
-            self.__init__()
-            return self._look(trials)
-        self._look([trials[n] for n in sorted(self.open)] + trials[self.seen :])
-        self.seen = len(trials)
-
-    def _look(self, trials: list[optuna.trial.FrozenTrial]) -> None:
-        self.open = set()
-        for t in trials:
-            if not t.state.is_finished():
-                self.open.add(t.number)
-                continue
-            counts = counts_toward_target(t)
-            self.counted += counts
-            self.failed += counts and t.state == TrialState.FAIL
-            self.pruned += t.state == TrialState.PRUNED
-
-    def live_below(self, trials: list[optuna.trial.FrozenTrial], number: int) -> int:
-        """Trials before `number` that count or may come to count (running, queued)."""
-        if trials and trials[-1].number != len(trials) - 1:  # as in update()
-            return sum(t.number < number and (counts_toward_target(t) or t.number in self.open) for t in trials)
-        done_after = sum(counts_toward_target(t) for t in trials[number:] if t.state.is_finished())
-        return self.counted - done_after + sum(n < number for n in self.open)
 
 
 @dataclass
@@ -220,8 +182,7 @@ def ask(r: Run) -> tuple[optuna.Trial, tuple[str, ...]] | None:
         r.forget(trial.number)
         outcome.tell(r.study, trial, Outcome.failed(f"{type(err).__name__}: {err}"))
         raise UserError(f"cannot build the trial's parameters: {err}") from None
-    log.info("trial %d start: %s", trial.number, shown_params(trial.params))
-    r.extras.trial_started(trial.number, {**r.plan.space.fixed, **trial.params})
+    r.extras.trial_started(trial, r.plan.space.fixed)
     r.scan = Scan(r.scan.at, r.scan.done, r.scan.others, r.scan.todo - 1, r.scan.stored + 1)
     return trial, overrides
 
@@ -288,7 +249,7 @@ def collect(r: Run) -> None:
             job_ended(r, key, ret)
     if ended:
         r.scan = scan(r)  # the next decision's look, which the progress line reads too
-        progress(r)
+        r.extras.progress(r.study, r.tally, r.plan.n_trials)  # the progress line
         r.stopping = r.stopping or len(r.failures) > r.allowed_failures or all_hung(r)
     elif r.scan is not None and time.monotonic() - r.scan.at > max(5, r.settings.heartbeat_interval):
         r.scan = None  # other workers' trials may have gone stale
@@ -350,25 +311,14 @@ def conclude(r: Run, number: int, decide: Any) -> None:
         )
         return
     say_outcome(r, trial, result, results.get("seconds", seconds))
-    r.extras.trial_ended(r.study, trial, result)
 
 
 def say_outcome(r: Run, trial: optuna.Trial, result: Outcome, seconds: float) -> None:
+    """A trial told: a failure counts against max_failure_rate; the extras hear of its end."""
     if result.state == TrialState.FAIL:
         r.failures.append(result.reason)
         r.hung += result.reason.startswith("hung:")
-        log.warning("trial %d failed after %.1f s: %s", trial.number, seconds, result.reason)
-    elif result.state == TrialState.PRUNED:
-        log.info("trial %d %s (%s)", trial.number, result.reason, shown_params(trial.params))
-    else:
-        attrs = trial.user_attrs
-        values = ", ".join(
-            f"{n}={v:.4g}" + (f" ± {attrs[f'{n}_std']:.2g}" if f"{n}_std" in attrs else "")
-            for n, v in zip(r.settings.names, result.values, strict=True)
-        )
-        if "seeds" in attrs:
-            values += f" (mean of seeds {', '.join(map(str, attrs['seeds']))})"
-        log.info("trial %d end: %s in %.3g s (%s)", trial.number, values, seconds, shown_params(trial.params))
+    r.extras.trial_ended(r.study, trial, result, seconds)
 
 
 def wait_for_others(r: Run) -> None:
@@ -425,21 +375,6 @@ def nothing_to_run(r: Run) -> None:
     log.info("study %s already has %d of %d trials: nothing to run", name, done, target)
 
 
-def progress(r: Run) -> None:
-    """The progress line, from the look at the study just taken (scan)."""
-    done, failed, pruned = r.tally.counted, r.tally.failed, r.tally.pruned
-    notes = [f"{n} {what}" for n, what in ((pruned, "pruned"), (failed, "failed")) if n]
-    note = f" ({', '.join(notes)})" if notes else ""
-    best = ""
-    if done - failed - pruned > 0:
-        if len(r.settings.directions) == 1:
-            b = r.study.best_trial
-            best = f", best {r.settings.names[0]} {b.value:.4g} (trial {b.number})"
-        else:
-            best = f", Pareto front of {len(r.study.best_trials)} trial(s)"
-    log.info("progress: %d / %d trials done%s%s", done, r.plan.n_trials, note, best)
-
-
 def allowed_failures(settings: Settings, plan: Plan, study: optuna.Study) -> int:
     left = plan.n_trials - sum(map(counts_toward_target, study.get_trials(deepcopy=False)))
     return math.floor(settings.max_failure_rate * max(1, left))
@@ -448,7 +383,3 @@ def allowed_failures(settings: Settings, plan: Plan, study: optuna.Study) -> int
 def running(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """Trials a sweeper worker runs (a trial RUNNING without a worker was left by another tool)."""
     return [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
-
-
-def shown_params(params: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

@@ -18,10 +18,10 @@ from optuna.trial import TrialState
 
 from . import cleanup, compat, loop, plan, settings, staged, stock, summary
 from .errors import StorageFailure, SweepExit
-from .extras import Extras, GpuSlots, Tracking, Watching
+from .extras import Console, Extras, GpuSlots, Tracking, Watching
 from .gpus import Slots, say_slots
 from .jobs import Shape
-from .launching import Launches, worker_processes
+from .launching import Launches, say_limits
 from .recovery import Heartbeat
 from .signals import exit_code, interrupting
 from .space import directions_of_study
@@ -80,22 +80,7 @@ class StudySweeper:
         )
         if p.gpu_slots:
             say_slots(p.gpu_slots, s.n_jobs)
-        if s.stall_timeout and not r.launches.threaded:
-            log.warning(
-                "hydra.sweeper.stall_timeout=%g s is not watched: the basic launcher runs each job in this "
-                "process, where a hung job cannot be stopped (use a launcher with processes of its own: joblib, "
-                "submitit_local)",
-                s.stall_timeout,
-            )
-        workers = worker_processes(self.inputs.launcher)
-        if workers is not None and workers < r.capacity:
-            log.warning(
-                "joblib runs %d job(s) at once (hydra.launcher.n_jobs), fewer than hydra.sweeper.n_jobs=%d: "
-                "the others wait for a process; set hydra.launcher.n_jobs=%d",
-                workers,
-                s.n_jobs,
-                r.capacity,
-            )
+        say_limits(s, launches, r.capacity)
         try:
             with interrupting():
                 try:
@@ -118,9 +103,10 @@ class StudySweeper:
         return study
 
     def extras(self, p: plan.Plan, launches: Launches) -> Extras:
-        """What plugs into this run's loop: GPU slots, the watchdog (for jobs in processes of their
-        own: one in the sweeper's process cannot be stopped), MLflow and TensorBoard."""
-        s, on = self.settings, []
+        """What plugs into this run's loop: the console's lines, GPU slots, the watchdog (for jobs in
+        processes of their own: one in the sweeper's process cannot be stopped), MLflow, TensorBoard."""
+        s = self.settings
+        on: list = [Console(s.names)]
         if p.gpu_slots:
             on.append(GpuSlots(Slots(list(p.gpu_slots))))
         if launches.threaded:

@@ -90,7 +90,7 @@ def test_a_ctrl_c_that_python_swallows_in_a_destructor_is_quiet_and_raised_at_th
 
 
 def test_the_tally_counts_as_a_full_pass_would_while_trials_are_added_and_finish():
-    from hydra_study_sweeper.loop import Tally
+    from hydra_study_sweeper.recovery import Tally
 
     study = optuna.create_study()
     tally, rng = Tally(), __import__("random").Random(0)
