@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -30,6 +30,9 @@ def as_list(value: Any) -> list:
 
 @dataclass(frozen=True)
 class Settings:
+    """hydra.sweeper.* as the sweeper reads them. Their defaults are said once, in the plugin's
+    StudySweeperConf (hydra_plugins/hydra_study_sweeper/study_sweeper.py): Hydra hands every key."""
+
     sampler: Any  # the sampler's config node (instantiated per seed offset)
     pruner: Any  # the pruner's config node, or None
     directions: tuple[str, ...]  # lower case: "minimize" / "maximize"
@@ -40,42 +43,42 @@ class Settings:
     max_failure_rate: float
     custom_search_space: str | None
     params: Any
-    heartbeat_interval: int = 10
-    stack: int = 1
-    repeats: int = 1
-    seed_key: str | None = None
-    gpus: Any = "auto"
-    trials_per_gpu: int | None = None
-    timeout: float | None = None
-    trial_timeout: float | None = None
-    stall_timeout: float | None = None
-    start_timeout: float | None = None
-    stop_grace: float = 30
-    grace_period: int | None = None
-    outage_timeout: float = 600
-    enqueue_trials: tuple[dict, ...] = ()
-    conditions: dict[str, Any] = field(default_factory=dict)
-    metric_names: tuple[str, ...] | None = None
-    config_check: str | None = None
-    identity_ignore: tuple[str, ...] = ()
-    allow_widening: bool = False
-    artifact_dir: str | None = None
-    artifacts: tuple[str, ...] = ()
-    results_file: str | None = None
-    record: tuple[str, ...] = ()
-    context: tuple[str, ...] = ()
-    adhoc_prefix: str = "adhoc"
-    summary_columns: tuple[str, ...] = ()
-    formats: dict[str, str] = field(default_factory=dict)
-    summary_hook: str | None = None
-    rerun_group: str | None = None
-    rerun_dir: str | None = None
-    rerun_skip: tuple[str, ...] = ()
-    stages: tuple[dict, ...] = ()
-    mlflow: bool = False
-    mlflow_uri: str = "sqlite:///outputs/mlflow.db"
-    tensorboard: bool = False
-    tensorboard_dir: str = "outputs/tensorboard"
+    heartbeat_interval: int
+    stack: int
+    repeats: int
+    seed_key: str | None
+    gpus: Any
+    trials_per_gpu: int | None
+    timeout: float | None
+    trial_timeout: float | None
+    stall_timeout: float | None
+    start_timeout: float | None
+    stop_grace: float
+    grace_period: int | None
+    outage_timeout: float
+    enqueue_trials: tuple[dict, ...]
+    conditions: dict[str, Any]
+    metric_names: tuple[str, ...] | None
+    config_check: str | None
+    identity_ignore: tuple[str, ...]
+    allow_widening: bool
+    artifact_dir: str | None
+    artifacts: tuple[str, ...]
+    results_file: str | None
+    record: tuple[str, ...]
+    context: tuple[str, ...]
+    adhoc_prefix: str
+    summary_columns: tuple[str, ...]
+    formats: dict[str, str]
+    summary_hook: str | None
+    rerun_group: str | None
+    rerun_dir: str | None
+    rerun_skip: tuple[str, ...]
+    stages: tuple[dict, ...]
+    mlflow: bool
+    mlflow_uri: str
+    tensorboard: bool
+    tensorboard_dir: str
 
     @property
     def names(self) -> list[str]:

@@ -334,3 +334,19 @@ def test_a_trial_pruned_by_patient_halving_says_what_it_was_compared_with():
     said = "pruned by SuccessiveHalvingPruner at epoch 1: val_acc 0.1; not in the best 1/3 of the 5 trials"
     assert report.reason == said + " that reached this rung (epoch 1)"
     assert study.trials[late.number].user_attrs[PRUNED_ATTR] == report.reason
+
+
+def test_the_sweepers_defaults_are_said_once_in_the_plugins_config():
+    """Settings restates no default: each of its keys is one of StudySweeperConf's (direction is
+    read as directions), which alone holds the defaults."""
+    import dataclasses
+
+    from hydra_plugins.hydra_study_sweeper.study_sweeper import StudySweeperConf
+    from hydra_study_sweeper.settings import Settings
+
+    fields = dataclasses.fields(Settings)
+    assert [
+        f.name for f in fields if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    ] == []
+    conf = {f.name for f in dataclasses.fields(StudySweeperConf)}
+    assert {f.name for f in fields} - {"directions"} <= conf and "direction" in conf
