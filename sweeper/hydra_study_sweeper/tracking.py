@@ -35,6 +35,7 @@ MLFLOW_URI_ENV = "HYDRA_STUDY_SWEEPER_MLFLOW_URI"
 MLFLOW_RUNS_ENV = "HYDRA_STUDY_SWEEPER_MLFLOW_RUNS"  # trial number=run id, comma separated (a stack has several)
 TENSORBOARD_ENV = "HYDRA_STUDY_SWEEPER_TENSORBOARD"  # the study's event folder; a trial's is NUMBER/ inside
 STUDY_TAG, TRIAL_TAG, KIND_TAG = "study", "trial", "hydra_study_sweeper.run"
+OPEN: list[JobTracker] = []  # this job's trackers (a stack has one per member), closed at its end
 
 
 def hand_to_jobs(uri: str) -> None:
@@ -51,6 +52,12 @@ def numbers(values: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def close_job_trackers() -> None:
+    """At a job's end (in its process): every tracker it opened writes out what it holds."""
+    while OPEN:
+        OPEN.pop().close()
+
+
 class JobTracker:
     """The job's side: each step's values to the trial's MLflow run and TensorBoard folder."""
 
@@ -64,7 +71,9 @@ class JobTracker:
         if os.environ.get(TENSORBOARD_ENV):
             from tensorboardX import SummaryWriter
 
-            self.events = SummaryWriter(str(Path(os.environ[TENSORBOARD_ENV]) / str(number)), filename_suffix=".steps")
+            folder = str(Path(os.environ[TENSORBOARD_ENV]) / str(number))
+            self.events = SummaryWriter(folder, filename_suffix=".steps", flush_secs=1)  # on disk within a second
+        OPEN.append(self)
 
     @classmethod
     def of(cls, number: int) -> JobTracker | None:
@@ -76,6 +85,11 @@ class JobTracker:
             said = scrub(str(err), os.environ.get(MLFLOW_URI_ENV))
             log.warning("trial %d: tracking is off for this job: %s: %s", number, type(err).__name__, said)
             return None
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         found = numbers(values)
@@ -91,7 +105,6 @@ class JobTracker:
             if self.events is not None:
                 for tag, value in found.items():
                     self.events.add_scalar(tag, value, step)
-                self.events.flush()
         except Exception as err:  # noqa: BLE001 - tracking never fails a trial
             said = scrub(str(err), os.environ.get(MLFLOW_URI_ENV))
             log.warning("trial %d: tracking stopped: %s: %s", self.number, type(err).__name__, said)

@@ -53,7 +53,8 @@ _written: dict[str, Any] = {}  # what it holds; "stepped" is added at the first 
 
 
 class Watched:
-    """The task function, as the launcher runs it: writes the job's file first."""
+    """The task function, as the launcher runs it: writes the job's file first; once the task
+    returns, the job's trackers write out what they hold (their writers work in the background)."""
 
     def __init__(self, task_function: Any) -> None:
         self.task_function = task_function
@@ -69,7 +70,12 @@ class Watched:
         with contextlib.suppress(OSError):  # a job that cannot write its folder fails on its own
             path.write_text(json.dumps(_written))
             _touched = str(path)
-        return self.task_function(cfg)
+        try:
+            return self.task_function(cfg)
+        finally:
+            from .tracking import close_job_trackers
+
+            close_job_trackers()
 
 
 def stepped() -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 from optuna.trial import TrialState
@@ -38,9 +39,16 @@ def sweep(tmp_path, *args, env=None, timeout=300, app=SPHERE) -> subprocess.Comp
 
 
 def sweep_here(tmp_path, *args, app=SPHERE) -> str:
-    """`python sphere.py -m ARGS` in this process (Hydra's basic launcher runs each job here too):
-    what it printed, with its exit code as a last line `exit N`. Seconds faster than a subprocess;
-    for what a subprocess is not needed for (no signals, no second worker)."""
+    """`python sphere.py -m ARGS` in this process: what it printed, its exit code as a last line."""
+    res = run_here(tmp_path, *args, app=app)
+    return res.stdout + res.stderr + f"\nexit {res.returncode}\n"
+
+
+def run_here(tmp_path, *args, app=SPHERE) -> SimpleNamespace:
+    """As sweep(), in this process (Hydra's basic launcher runs each job here too): returncode,
+    stdout, stderr. A second or less where a subprocess takes several (Python, torch and Optuna
+    imported once per test process); for what needs no process of its own (no signals, no second
+    worker, no launcher with processes)."""
     import contextlib
     import importlib.util
     import inspect
@@ -55,23 +63,26 @@ def sweep_here(tmp_path, *args, app=SPHERE) -> str:
     task = getattr(module, app.stem)
     inspect.unwrap(task).__module__ = "__main__"  # as when run as a script: Hydra finds conf/ beside it
     root = logging.getLogger()
-    handlers, level, argv, cwd = root.handlers[:], root.level, sys.argv, os.getcwd()
-    out, code = io.StringIO(), 0
+    handlers, level, argv, cwd, env = root.handlers[:], root.level, sys.argv, os.getcwd(), dict(os.environ)
+    out, err, code = io.StringIO(), io.StringIO(), 0
     GlobalHydra.instance().clear()
     try:
+        os.environ.pop("HYDRA_FULL_ERROR", None)  # users see Hydra's short errors, so do the tests
         os.chdir(tmp_path)
         sys.argv = [str(app), "-m", *args]
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             task()
-    except SystemExit as err:
-        code = err.code if isinstance(err.code, int) else 1
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
         GlobalHydra.instance().clear()
         sys.argv = argv
         os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)  # what the jobs' env_set left behind goes
         root.handlers[:] = handlers
         root.setLevel(level)
-    return out.getvalue() + f"\nexit {code}\n"
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def storage_of(tmp_path) -> str:

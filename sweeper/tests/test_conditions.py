@@ -6,7 +6,7 @@ from hydra_study_sweeper.conditions import Condition, order, parse
 from hydra_study_sweeper.errors import UserError
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from .helpers import study, sweep
+from .helpers import run_here, study, sweep
 
 SEARCHED = {
     "optimizer": CategoricalDistribution(["adam", "sgd"]),
@@ -52,7 +52,7 @@ def test_bad_conditions_name_the_key_and_what_is_allowed(conditions, message):
 
 def test_a_parameter_is_suggested_only_where_its_condition_holds(tmp_path):
     # x exists only when y is not 0; there the job keeps the config's x = 1.0, so its value is 1
-    res = sweep(tmp_path, "hydra.sweeper.n_trials=8", '+hydra.sweeper.conditions.x="y!=0"')
+    res = run_here(tmp_path, "hydra.sweeper.n_trials=8", '+hydra.sweeper.conditions.x="y!=0"')
     assert res.returncode == 0, res.stderr
     trials = study(tmp_path).trials
     assert {t.params["y"] for t in trials} == {-1, 0, 1}
@@ -62,8 +62,9 @@ def test_a_parameter_is_suggested_only_where_its_condition_holds(tmp_path):
         assert t.value == pytest.approx(expected)
 
 
+@pytest.mark.slow  # a sweep in a process of its own (signals, a second worker, joblib)
 def test_a_grid_cannot_walk_conditional_parameters(tmp_path):
-    res = sweep(tmp_path, "x=-1,1", "y=0,1", '+hydra.sweeper.conditions.x="y=1"')
+    res = run_here(tmp_path, "x=-1,1", "y=0,1", '+hydra.sweeper.conditions.x="y=1"')
     assert res.returncode == 2
     assert "conditional parameters (hydra.sweeper.conditions) cannot be walked as a grid" in res.stderr
     res = sweep(

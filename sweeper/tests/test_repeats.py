@@ -7,14 +7,14 @@ import statistics
 import pytest
 from optuna.trial import TrialState
 
-from .helpers import study, sweep
+from .helpers import run_here, study, sweep
 
 REPEATS = ("hydra.sweeper.repeats=3", "hydra.sweeper.seed_key=seed", "noise=0.1", "results=true")
 RECORD = ("hydra.sweeper.results_file=results.json", "hydra.sweeper.record=[loss]")
 
 
 def test_a_trial_is_the_mean_of_its_seeds_with_each_seeds_value_and_folder(tmp_path):
-    res = sweep(tmp_path, "hydra.sweeper.n_trials=3", *REPEATS, *RECORD)
+    res = run_here(tmp_path, "hydra.sweeper.n_trials=3", *REPEATS, *RECORD)
     assert res.returncode == 0, res.stderr
     for t in study(tmp_path).trials:
         assert t.state == TrialState.COMPLETE
@@ -35,6 +35,7 @@ def test_a_trial_is_the_mean_of_its_seeds_with_each_seeds_value_and_folder(tmp_p
     assert "value_std" in (tmp_path / "sweeps" / "sphere" / "summary.csv").read_text().splitlines()[0]
 
 
+@pytest.mark.slow  # a sweep in a process of its own (signals, a second worker, joblib)
 def test_the_seeds_of_one_trial_run_side_by_side(tmp_path):
     # trial 0 sleeps 6 x 2 s in each seed's job; with three places its three seeds run at once
     args = (
@@ -67,7 +68,7 @@ def test_pruning_decides_on_the_first_seed_and_a_pruned_trial_runs_no_more_seeds
         "hydra.sweeper.seed_key=seed",
         "results=true",
     )
-    res = sweep(tmp_path, *args)
+    res = run_here(tmp_path, *args)
     assert res.returncode == 0, res.stderr
     trials = study(tmp_path).trials
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
@@ -82,7 +83,7 @@ def test_pruning_decides_on_the_first_seed_and_a_pruned_trial_runs_no_more_seeds
 
 
 def test_a_multi_objective_trial_has_the_mean_of_each_objective(tmp_path):
-    res = sweep(
+    res = run_here(
         tmp_path,
         "mode=pair",
         "hydra.sweeper.direction=[minimize,minimize]",
@@ -122,7 +123,7 @@ def test_a_multi_objective_trial_has_the_mean_of_each_objective(tmp_path):
     ],
 )
 def test_repeats_that_cannot_work_are_refused_before_anything_runs(tmp_path, args, message):
-    res = sweep(tmp_path, *args)
+    res = run_here(tmp_path, *args)
     assert res.returncode == 2, res.stdout
     assert message in res.stderr
     assert not (tmp_path / "sweeps").exists()

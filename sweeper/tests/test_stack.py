@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import signal
 
+import pytest
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from .helpers import BEAT, LONG, finish, start, study, sweep, wait_running
+from .helpers import BEAT, LONG, finish, run_here, start, study, sweep, wait_running
 
 
 def test_a_stack_is_one_job_whose_members_are_ordinary_trials(tmp_path):
-    res = sweep(tmp_path, "hydra.sweeper.stack=3", "hydra.sweeper.n_trials=7", "results=true")
+    res = run_here(tmp_path, "hydra.sweeper.stack=3", "hydra.sweeper.n_trials=7", "results=true")
     assert res.returncode == 0, res.stderr
     jobs = [line for line in res.stdout.splitlines() if line.startswith("stack of trials")]
     assert jobs == ["stack of trials [0, 1, 2]", "stack of trials [3, 4, 5]", "stack of trials [6]"]
@@ -27,7 +28,7 @@ def test_a_stack_is_one_job_whose_members_are_ordinary_trials(tmp_path):
 
 
 def test_a_member_fails_alone(tmp_path):
-    res = sweep(tmp_path, "hydra.sweeper.stack=3", "hydra.sweeper.n_trials=3", "mode=nan_first")
+    res = run_here(tmp_path, "hydra.sweeper.stack=3", "hydra.sweeper.n_trials=3", "mode=nan_first")
     assert res.returncode == 0, res.stderr
     t0, t1, t2 = study(tmp_path).trials
     assert t0.state == TrialState.FAIL and "non-finite" in t0.user_attrs["fail_reason"]
@@ -35,19 +36,20 @@ def test_a_member_fails_alone(tmp_path):
 
 
 def test_a_task_that_ignores_stacks_is_told_what_to_do(tmp_path):
-    res = sweep(tmp_path, "hydra.sweeper.stack=2", "hydra.sweeper.n_trials=2", "stacks=false")
+    res = run_here(tmp_path, "hydra.sweeper.stack=2", "hydra.sweeper.n_trials=2", "stacks=false")
     assert res.returncode == 1
     reasons = {t.user_attrs["fail_reason"] for t in study(tmp_path).trials}
     assert len(reasons) == 1 and "hydra.sweeper.stack=1" in reasons.pop()
 
 
 def test_a_bad_stack_size_is_refused_before_anything_runs(tmp_path):
-    res = sweep(tmp_path, "hydra.sweeper.stack=0")
+    res = run_here(tmp_path, "hydra.sweeper.stack=0")
     assert res.returncode == 2
     assert "hydra.sweeper.stack=0 is not allowed: use an integer >= 1" in res.stderr
     assert not (tmp_path / "sphere.db").exists()
 
 
+@pytest.mark.slow  # a sweep in a process of its own (signals, a second worker, joblib)
 def test_an_interrupted_stack_queues_every_member_again_and_resumes_to_the_target(tmp_path):
     args = (*LONG, "hydra.sweeper.stack=3", "hydra.sweeper.n_trials=3")
     proc = start(tmp_path, *args)
@@ -66,6 +68,7 @@ def test_an_interrupted_stack_queues_every_member_again_and_resumes_to_the_targe
     assert [t.params for t in trials[3:]] == [trials[t.user_attrs["retry_of"]].params for t in trials[3:]]
 
 
+@pytest.mark.slow  # a sweep in a process of its own (signals, a second worker, joblib)
 def test_stacks_run_side_by_side_through_joblib(tmp_path):
     res = sweep(
         tmp_path,
@@ -83,7 +86,7 @@ def test_stacks_run_side_by_side_through_joblib(tmp_path):
 
 
 def test_a_stacked_multi_objective_sweep_has_its_pareto_front(tmp_path):
-    res = sweep(
+    res = run_here(
         tmp_path,
         "mode=pair",
         "hydra.sweeper.direction=[minimize,minimize]",
@@ -99,6 +102,7 @@ def test_a_stacked_multi_objective_sweep_has_its_pareto_front(tmp_path):
     assert s.best_trials and (tmp_path / "sweeps" / "sphere" / "optimization_results.yaml").is_file()
 
 
+@pytest.mark.slow  # a sweep in a process of its own (signals, a second worker, joblib)
 def test_a_killed_stack_leaves_stale_members_that_a_rerun_fails_and_runs_again(tmp_path):
     args = (*LONG, *BEAT, "hydra.sweeper.stack=2", "hydra.sweeper.n_trials=2")
     proc = start(tmp_path, *args)

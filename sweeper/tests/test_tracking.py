@@ -6,7 +6,7 @@ import os
 import pytest
 from optuna.trial import TrialState
 
-from .helpers import study, sweep
+from .helpers import run_here, study
 
 if os.environ.get("CI") == "true":  # installed by the dev extras: under CI a missing one fails, never skips
     import mlflow
@@ -30,7 +30,7 @@ def runs_of(tmp_path, name="sphere"):
 
 
 def test_each_trial_is_an_mlflow_run_nested_under_its_studys_run(tmp_path):
-    res = sweep(tmp_path, "hydra.sweeper.n_trials=3", *TRACKED, "hydra.sweeper.mlflow=true")
+    res = run_here(tmp_path, "hydra.sweeper.n_trials=3", *TRACKED, "hydra.sweeper.mlflow=true")
     assert res.returncode == 0, res.stderr
     client, parent, children = runs_of(tmp_path)
     trials = study(tmp_path).trials
@@ -45,7 +45,7 @@ def test_each_trial_is_an_mlflow_run_nested_under_its_studys_run(tmp_path):
         assert run.info.status == "FINISHED" and run.data.tags["state"] == "COMPLETE"
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["results.json"]
     # the same command with a higher target resumes the study: the same parent run, one more child
-    res = sweep(tmp_path, "hydra.sweeper.n_trials=4", *TRACKED, "hydra.sweeper.mlflow=true")
+    res = run_here(tmp_path, "hydra.sweeper.n_trials=4", *TRACKED, "hydra.sweeper.mlflow=true")
     assert res.returncode == 0, res.stderr
     _, again, children = runs_of(tmp_path)
     assert again.info.run_id == parent.info.run_id and sorted(children) == [0, 1, 2, 3]
@@ -58,7 +58,7 @@ def test_a_pruned_trials_run_is_killed_with_the_reason(tmp_path):
         "hydra.sweeper.pruner.n_startup_trials=1",
         "hydra.sweeper.n_trials=8",
     )
-    res = sweep(tmp_path, *args, "hydra.sweeper.mlflow=true")
+    res = run_here(tmp_path, *args, "hydra.sweeper.mlflow=true")
     assert res.returncode == 0, res.stderr
     _, _, children = runs_of(tmp_path)
     pruned = [t for t in study(tmp_path).trials if t.state == TrialState.PRUNED]
@@ -70,7 +70,7 @@ def test_a_pruned_trials_run_is_killed_with_the_reason(tmp_path):
 
 
 def test_each_trials_steps_and_hyperparameters_are_tensorboard_events(tmp_path):
-    res = sweep(tmp_path, "hydra.sweeper.n_trials=2", *TRACKED, "hydra.sweeper.tensorboard=true")
+    res = run_here(tmp_path, "hydra.sweeper.n_trials=2", *TRACKED, "hydra.sweeper.tensorboard=true")
     assert res.returncode == 0, res.stderr
     from tensorboard.plugins.hparams import plugin_data_pb2
 
