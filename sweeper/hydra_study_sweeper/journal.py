@@ -104,7 +104,10 @@ def stop_if_vanished(storage: Any, outage: Outage) -> None:
     """Before a call is tried again on a Redis server that came back: one that came back empty
     (no persistence) has lost the study, and nothing more is written into it."""
     found = _parts(storage)
-    if found is not None and _vanished(found[2], found[0], found[1].get):
+    if found is None:
+        return
+    replay, client, prefix = found
+    if _vanished(replay, prefix, client.get):
         with outage.lock:
             outage.gave_up = VANISHED
         raise StorageFailure(outage.shown, VANISHED)
