@@ -23,6 +23,7 @@ def test_every_benchmark_is_listed():
     assert {p.stem for p in SCRIPTS} >= {"epoch_throughput", "sweep_overhead", "parallel", "pruning", "ablation"}
 
 
+@pytest.mark.slow  # each script in a process of its own, 10 to 45 s
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
 def test_benchmark_runs_in_its_tiny_mode(script, tmp_path):
     env = {**os.environ}
