@@ -212,16 +212,22 @@ def _optuna_objects() -> dict[str, Any]:
 _objects: dict[str, Any] = {}
 
 
+def _reaches(value: Any, chain: tuple[str, ...]) -> bool:
+    """Whether value.a.b... exists for the names in `chain`."""
+    for name in chain:
+        if not hasattr(value, name):
+            return False
+        value = getattr(value, name)
+    return True
+
+
 def _has(key: str, *chain: str) -> Callable[[], bool]:
+    """Whether a live Optuna object (a study, a trial, a journal storage) has key.chain."""
+
     def probe() -> bool:
         if not _objects:
             _objects.update(_optuna_objects())
-        value = _objects[key]
-        for name in chain:
-            if not hasattr(value, name):
-                return False
-            value = getattr(value, name)
-        return True
+        return _reaches(_objects[key], chain)
 
     return probe
 
@@ -233,14 +239,9 @@ def _attr(module: str, *chain: str, optional: str | None = None) -> Callable[[],
         if optional is not None and importlib.util.find_spec(optional) is None:
             return True
         try:
-            value = importlib.import_module(module)
+            return _reaches(importlib.import_module(module), chain)
         except ImportError:
             return False
-        for name in chain:
-            if not hasattr(value, name):
-                return False
-            value = getattr(value, name)
-        return True
 
     return probe
 
