@@ -138,21 +138,33 @@ def main() -> None:
         args.out = Path(tempfile.mkdtemp(prefix="ablation-tiny-"))
         atexit.register(shutil.rmtree, args.out, True)
 
-    rows = {}
-    for name in args.only:
-        runs = []
-        for seed in args.seeds:
-            print(f"{name} seed {seed}", end="", flush=True)
-            m = run(args.out, name, seed, (*VARIANTS[name], *args.base), args.threads)
-            runs.append(m)
-            print(
-                f": validation {100 * m['val_acc']:.2f} % (views {100 * m['val_acc_tta']:.2f} %), "
-                f"test {100 * m['test_acc']:.2f} % (views {100 * m['test_acc_tta']:.2f} %), "
-                f"{m['seconds']:.0f} s, {m['train_tflop']:.1f} TFLOP",
-                flush=True,
-            )
-        rows[name] = runs
+    rows = {name: variant_runs(args, name) for name in args.only}
+    table(rows)
+    print(
+        f"\nseeds {args.seeds}; every run: experiment={BASE} (unless the row names another) trainer.tta=true "
+        + " ".join(args.base)
+    )
+    print(f"{cores()} cores: {cpu_name()}")
 
+
+def variant_runs(args: argparse.Namespace, name: str) -> list[dict]:
+    """One variant's run per seed, each said as it ends."""
+    runs = []
+    for seed in args.seeds:
+        print(f"{name} seed {seed}", end="", flush=True)
+        m = run(args.out, name, seed, (*VARIANTS[name], *args.base), args.threads)
+        runs.append(m)
+        print(
+            f": validation {100 * m['val_acc']:.2f} % (views {100 * m['val_acc_tta']:.2f} %), "
+            f"test {100 * m['test_acc']:.2f} % (views {100 * m['test_acc_tta']:.2f} %), "
+            f"{m['seconds']:.0f} s, {m['train_tflop']:.1f} TFLOP",
+            flush=True,
+        )
+    return runs
+
+
+def table(rows: dict[str, list[dict]]) -> None:
+    """The variants side by side, with each one's decision on validation."""
     print(
         "\n| variant | seeds | val % | val, views % | Δ val, views (paired) | decision (validation) "
         "| test % | test, mirror % | test, views % | lowest seed (test, views) % | seconds | TFLOP |"
@@ -174,11 +186,6 @@ def main() -> None:
         f"{100 * MARGIN:.1f} points or more on average, 'off' where it is behind on average, 'noise' otherwise."
         " Test is printed beside, never used."
     )
-    print(
-        f"\nseeds {args.seeds}; every run: experiment={BASE} (unless the row names another) trainer.tta=true "
-        + " ".join(args.base)
-    )
-    print(f"{cores()} cores: {cpu_name()}")
 
 
 if __name__ == "__main__":
