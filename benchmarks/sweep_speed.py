@@ -75,6 +75,7 @@ def bound(precision: str, stack: int, steps: int, tiny: bool) -> str:
     from omegaconf import OmegaConf
 
     from mlp_sweep import stacked
+    from mlp_sweep.members import Member
     from mlp_sweep.precision import autocast
     from mlp_sweep.train import keep_freed_memory
 
@@ -86,7 +87,7 @@ def bound(precision: str, stack: int, steps: int, tiny: bool) -> str:
         "optimizer": {"_target_": "torch.optim.Adam", "lr": 1e-3, "weight_decay": 1e-5, "fused": True},
     }
 
-    members = [stacked.Member(i, OmegaConf.create(cfg)) for i in range(stack)]
+    members = [Member(i, OmegaConf.create(cfg)) for i in range(stack)]
     for i, m in enumerate(members):
         m.cfg.model.hidden_size = width - 8 * i  # stacks mix widths
     net = stacked.Stack(members, features, 10, torch.device("cpu"))

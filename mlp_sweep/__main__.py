@@ -110,7 +110,7 @@ def train_stack(cfg: DictConfig, members: list[Any]) -> dict[int, Any]:
     (mlp_sweep.stacked), the rest one after the other; each member's folder gets what a single
     run writes, each member's result is its own (None for one whose config is invalid: its
     metrics.json says why)."""
-    from . import stacked
+    from .members import Member, stream_key
     from .precision import label
     from .train import cores, pick_device, set_threads
 
@@ -133,11 +133,11 @@ def train_stack(cfg: DictConfig, members: list[Any]) -> dict[int, Any]:
                 (m.output_dir / "metrics.json").write_text(json.dumps({"status": f"invalid configuration: {err}"}))
                 results[m.trial.number] = None
                 continue
-            member = stacked.Member(m.trial.number, member_cfg, log=_member_log(m, own, files))
+            member = Member(m.trial.number, member_cfg, log=_member_log(m, own, files))
             member.reporter = m.reporter(objective, unit="epoch")
             if member.reporter is not None:
                 member.on_epoch = lambda epoch, row, r=member.reporter: r(epoch, row.get(objective), row)
-            streams.setdefault(stacked.stream_key(member_cfg), []).append((m, member))
+            streams.setdefault(stream_key(member_cfg), []).append((m, member))
         trained = sum(map(len, streams.values()))
         how = f"{device}, {threads} threads, {label(cfg.trainer.precision, device)}"
         log.info("stack of %d trials (%d data stream(s)), %s", trained, len(streams), how)
@@ -161,6 +161,7 @@ def _train_stream(members: list[Any], device: Any) -> None:
     """Members that share their batches: the stackable ones as networks over the same batches, the
     others one after the other as single runs."""
     from . import data, stacked
+    from .members import network_key
     from .model import build
     from .train import fit
 
@@ -169,7 +170,7 @@ def _train_stream(members: list[Any], device: Any) -> None:
     nets: dict[str, list[Any]] = {}
     alone = []
     for member in members:
-        key = stacked.network_key(member.cfg)
+        key = network_key(member.cfg)
         if key is None:
             alone.append(member)
         else:

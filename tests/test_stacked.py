@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from mlp_sweep import data, stacked
+from mlp_sweep.members import Member, network_key, stream_key
 from mlp_sweep.model import build
 from mlp_sweep.train import fit
 
@@ -42,11 +43,11 @@ def alone(cfg):
 
 
 def together(cfgs, on_epoch=None):
-    members = [stacked.Member(i, c, on_epoch=(on_epoch or {}).get(i)) for i, c in enumerate(cfgs)]
+    members = [Member(i, c, on_epoch=(on_epoch or {}).get(i)) for i, c in enumerate(cfgs)]
     splits = data.load(cfgs[0].data, cfgs[0].data_size, cfgs[0].trainer.seed, "cpu")
     nets = {}
     for m in members:
-        key = stacked.network_key(m.cfg)
+        key = network_key(m.cfg)
         assert key is not None
         nets.setdefault(key, []).append(m)
     stacked.fit_stream(members, splits, cfgs[0].trainer, cfgs[0].augment, list(nets.values()))
@@ -121,17 +122,17 @@ def test_a_diverging_member_fails_alone(cfg_of):
 
 
 def test_what_cannot_be_stacked_is_named(cfg_of):
-    assert stacked.network_key(cfg_of("model.norm=batch")) is None
-    assert stacked.network_key(cfg_of("trainer.ema=0.99")) is None
+    assert network_key(cfg_of("model.norm=batch")) is None
+    assert network_key(cfg_of("trainer.ema=0.99")) is None
     bf16 = cfg_of("trainer.precision=bf16")  # one network in either precision; the stream says which
-    assert stacked.network_key(bf16) == stacked.network_key(cfg_of("trainer.precision=fp32"))
-    assert stacked.stream_key(bf16) != stacked.stream_key(cfg_of("trainer.precision=fp32"))
-    assert stacked.network_key(cfg_of("model.block=residual")) is None
-    assert stacked.network_key(cfg_of("data.project=16")) is None
-    assert stacked.network_key(cfg_of("model.hidden_size=10")) == stacked.network_key(cfg_of("model.hidden_size=99"))
-    assert stacked.network_key(cfg_of("model.num_layers=3")) != stacked.network_key(cfg_of())
-    assert stacked.stream_key(cfg_of("trainer.seed=1")) != stacked.stream_key(cfg_of())
-    assert stacked.stream_key(cfg_of("trainer.init_seed=1")) == stacked.stream_key(cfg_of())
+    assert network_key(bf16) == network_key(cfg_of("trainer.precision=fp32"))
+    assert stream_key(bf16) != stream_key(cfg_of("trainer.precision=fp32"))
+    assert network_key(cfg_of("model.block=residual")) is None
+    assert network_key(cfg_of("data.project=16")) is None
+    assert network_key(cfg_of("model.hidden_size=10")) == network_key(cfg_of("model.hidden_size=99"))
+    assert network_key(cfg_of("model.num_layers=3")) != network_key(cfg_of())
+    assert stream_key(cfg_of("trainer.seed=1")) != stream_key(cfg_of())
+    assert stream_key(cfg_of("trainer.init_seed=1")) == stream_key(cfg_of())
 
 
 @pytest.mark.slow
