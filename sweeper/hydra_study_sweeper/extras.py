@@ -129,6 +129,11 @@ class Console(Extra):
         log.info("progress: %d / %d trials done%s%s", done, target, note, best)
 
 
+def trials(numbers: tuple[int, ...]) -> str:
+    """`trial 3` or `trials 3, 4, 5`."""
+    return f"trial{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
+
+
 def shown_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
@@ -143,7 +148,7 @@ class GpuSlots(Extra):
         gpu = self.slots.take(key)
         if gpu is None:
             return ()
-        log.info("trial%s %s on GPU %s", "s" if len(numbers) > 1 else "", ", ".join(map(str, numbers)), gpu)
+        log.info("%s on GPU %s", trials(numbers), gpu)
         return (f"++hydra.job.env_set.{VISIBLE_ENV}={quoted(gpu)}",)
 
     def job_ended(self, key: Any, ret: Any) -> Any:
@@ -172,7 +177,7 @@ class Watching(Extra):
         """A hung job: its processes are stopped (its trials are told when its launcher returns); one
         on another machine is left to its scheduler, its trials told now."""
         numbers = self.numbers.get(key, ())
-        log.warning("trial%s %s %s", "s" if len(numbers) > 1 else "", ", ".join(map(str, numbers)), w.hung)
+        log.warning("%s %s", trials(numbers), w.hung)
         why = self.dog.stop(w)
         if why is None:
             return None
