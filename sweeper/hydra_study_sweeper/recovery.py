@@ -55,7 +55,7 @@ def queued_params(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any] | 
 def stored_user_attrs(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
     """A running trial's user attributes as stored now (a live Trial caches them from its ask; the
     job's reporter writes from another process). Study has no public handle on its storage."""
-    return storage_of(study).get_trial(trial_id(trial)).user_attrs
+    return stored_trial(study, trial).user_attrs
 
 
 def stored_trial(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
