@@ -15,9 +15,10 @@ import optuna
 from optuna.trial import TrialState
 
 from . import recovery, watchdog
-from .gpus import VISIBLE_ENV, Slots
+from .gpus import Slots
 from .job import quoted
-from .outcome import DIR_ATTR, JobLost, Outcome
+from .outcome import JobLost, Outcome
+from .wire import DIR_ATTR, TOKEN_ENV, VISIBLE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class Watching(Extra):
 
     def starting(self, key: Any, numbers: tuple[int, ...], folder: Path) -> tuple[str, ...]:
         self.numbers[key] = numbers
-        return (f"++hydra.job.env_set.{watchdog.TOKEN_ENV}={quoted(self.dog.started(key, folder))}",)
+        return (f"++hydra.job.env_set.{TOKEN_ENV}={quoted(self.dog.started(key, folder))}",)
 
     def look(self, paused: bool) -> list[tuple[Any, JobLost]]:
         hung, gone = self.dog.look(paused=paused)

@@ -21,9 +21,9 @@ from typing import Any
 
 from .compat import launcher_kind
 from .errors import UserError
+from .wire import VISIBLE_ENV
 
 log = logging.getLogger(__name__)
-VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 
 
 def visible() -> list[str]:

@@ -72,18 +72,21 @@ from typing import Any
 
 from .signals import raise_pending
 from .watchdog import stepped
+from .wire import (
+    LAST_VALUE_ATTR,
+    OUTAGE_ENV,
+    PRUNED_ATTR,
+    PRUNER_ENV,
+    REPEAT_ENV,
+    STACK_ENV,
+    STORAGE_ENV,
+    STUDY_ENV,
+    TIMEOUT_ATTR,
+    TIMEOUT_ENV,
+    TRIAL_ENV,
+)
 
-TRIAL_ENV = "HYDRA_STUDY_SWEEPER_TRIAL"
-STUDY_ENV = "HYDRA_STUDY_SWEEPER_STUDY"
-STORAGE_ENV = "HYDRA_STUDY_SWEEPER_STORAGE"  # absolute storage URL; unset for an in-memory study
-PRUNER_ENV = "HYDRA_STUDY_SWEEPER_PRUNER"  # the pruner's config as JSON
-TIMEOUT_ENV = "HYDRA_STUDY_SWEEPER_TRIAL_TIMEOUT"  # trial_timeout in seconds, counted from the reporter's start
-TIMEOUT_ATTR = "timeout_reason"  # set on the trial by the reporter when the trial ran past trial_timeout
-REPEAT_ENV = "HYDRA_STUDY_SWEEPER_REPEAT"  # "K/N": the job runs seed K (from 0) of its trial's N (repeats)
-OUTAGE_ENV = "HYDRA_STUDY_SWEEPER_OUTAGE_TIMEOUT"  # seconds the job's reporter waits out a lost database server
-STACK_ENV = "HYDRA_STUDY_SWEEPER_STACK"  # a stacked job's trial numbers, comma separated
 PRUNER_TARGETS = ("optuna.pruners.*", "hydra_study_sweeper.pruners.*")  # what a pruner config may name
-PRUNED_ATTR = "pruned_reason"  # set on the trial by the reporter when the pruner says stop
 # the sweeper's open studies, for jobs run in its own process (the basic launcher): an in-memory
 # study, or one in a database, reported to without a second connection per job; with the pid that
 # opened it (a forked worker's copy of an engine must not be used)
@@ -224,7 +227,7 @@ class Reporter:
         if value is not None and self.single:
             self.trial.report(float(value), step)
         if value is not None:
-            self.trial.set_user_attr("last_value", float(value))
+            self.trial.set_user_attr(LAST_VALUE_ATTR, float(value))
         self.trial.set_user_attr(TIMEOUT_ATTR, self.reason)
         return False
 

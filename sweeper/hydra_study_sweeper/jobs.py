@@ -2,8 +2,10 @@
 
 A job is one trial, one seed of a repeated trial (`repeats`), or a stack of trials (`stack`). The
 loop asks trials, hands them to `Shape.jobs`, starts the jobs it gets back as places free up, and
-hands each job's return to `Shape.ended`, which says which trials are now decided and how to
-decide each (`Decision`). Nothing else in the sweeper branches on repeats or stacks.
+hands each job's return to `Shape.ended`, which reads the job's answer for each of its trials once
+(wire.py: its return, its reporter's stored word, its results file) and judges it. `Shape.decided`
+then says which trials are decided and how to decide each (`Decision`). Nothing else in the sweeper
+branches on repeats or stacks.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from omegaconf import OmegaConf, open_dict, read_write
 from optuna.trial import TrialState
 
 from . import outcome, recovery, repeats
-from .job import OUTAGE_ENV, PRUNED_ATTR, REPEAT_ENV, TIMEOUT_ATTR, job_overrides, quoted
+from .errors import StorageFailure
+from .job import job_overrides, quoted
 from .outcome import JobLost, Outcome
 from .plan import Inputs, Plan
 from .urls import absolute, has_password
+from .wire import LAST_VALUE_ATTR, OUTAGE_ENV, PRUNED_ATTR, REPEAT_ENV, TIMEOUT_ATTR
 
 Decide = Callable[[optuna.Trial], tuple[Outcome, dict]]  # records what a trial's jobs left; its outcome
 
@@ -32,6 +36,16 @@ class Job:
     key: Any  # the first trial's number, or (trial number, seed index) with repeats
     numbers: tuple[int, ...]  # its trials
     overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one job left for one of its trials, read once at the job's end, and what it means."""
+
+    ret: Any  # its return (a stack member's part of it), or the launcher's or the watchdog's error
+    outcome: Outcome
+    results: dict  # its results file
+    folder: Path
 
 
 @dataclass(frozen=True)
@@ -48,14 +62,14 @@ class Decision:
 class Shape:
     """How this sweep's trials become jobs and their jobs' returns become outcomes. `env(numbers)`:
     what the extras add to a job's environment (tracking). Keeps, per trial in flight, the keys of
-    its jobs not yet ended and the returns of those that did."""
+    its jobs not yet ended and the answers of those that did."""
 
     inputs: Inputs
     plan: Plan
     study: optuna.Study
     env: Callable[[list[int]], dict[str, str]] = lambda numbers: {}
     open: dict[int, set] = field(default_factory=dict)  # trial number -> keys of its jobs not yet ended
-    rets: dict[int, dict[Any, Any]] = field(default_factory=dict)  # trial number -> job key (seed) -> return
+    answers: dict[int, dict[Any, Answer]] = field(default_factory=dict)  # trial number -> job key -> answer
 
     @property
     def settings(self) -> Any:
@@ -82,7 +96,7 @@ class Shape:
         for job in jobs:
             for number in job.numbers:
                 self.open.setdefault(number, set()).add(job.key)
-                self.rets.setdefault(number, {})
+                self.answers.setdefault(number, {})
         return jobs
 
     def folder(self, key: Any) -> Path:
@@ -92,19 +106,19 @@ class Shape:
         return self.plan.sweep_dir / str(key)
 
     def ended(self, job: Job, ret: Any, trial: Callable[[int], optuna.Trial]) -> set:
-        """Takes in a job's return; gives the keys of its trials' other jobs that are not to start
-        any more: a seed that was pruned or failed ends its trial (`trial(number)`: the live trial)."""
+        """Takes in a job's return and reads its answer for each of its trials (`trial(number)`: the
+        live trial); gives the keys of its trials' other jobs that are not to start any more: a seed
+        that was pruned or failed ends its trial."""
         stacked = self.settings.stack > 1  # a stack's job returns one result per trial, even a stack of one
         parts = outcome.of_stack(ret, list(job.numbers)) if stacked else {job.numbers[0]: ret}
+        stop = set()
         for number in job.numbers:
             self.open[number].discard(job.key)
-            self.rets[number][job.key] = parts[number]
-        if not self.plan.seeds:
-            return set()
-        number = job.numbers[0]
-        if self.judge(trial(number), self.folder(job.key), ret)[0].state != TrialState.COMPLETE:
-            return set(self.open[number])
-        return set()
+            folder = self.folder(job.key) if self.plan.seeds else self.plan.sweep_dir / str(number)
+            answer = self.answers[number][job.key] = self.answer(trial(number), folder, parts[number])
+            if self.plan.seeds and answer.outcome.state != TrialState.COMPLETE:
+                stop |= self.open[number]
+        return stop
 
     def dropped(self, job: Job) -> None:
         """A job that will not start after all."""
@@ -116,20 +130,20 @@ class Shape:
         done = sorted(n for n, keys in self.open.items() if not keys)
         for number in done:
             del self.open[number]
-        return [self.decision(n, self.rets.pop(n)) for n in done]
+        return [self.decision(n, self.answers.pop(n)) for n in done]
 
-    def decision(self, number: int, rets: dict[Any, Any]) -> Decision:
+    def decision(self, number: int, answers: dict[Any, Answer]) -> Decision:
         if self.plan.seeds:
-            return Decision(number, lambda trial: self.repeated(trial, {k: r for (_, k), r in rets.items()}))
-        [ret] = rets.values()
-        if isinstance(ret, JobLost) and ret.again:
+            return Decision(number, lambda trial: self.repeated(trial, {k: a for (_, k), a in answers.items()}))
+        [answer] = answers.values()
+        if isinstance(answer.ret, JobLost) and answer.ret.again:
             return Decision(number, again=True)
-        return Decision(number, lambda trial: self.single(trial, ret))
+        return Decision(number, lambda trial: self.single(trial, answer))
 
     def forget(self, number: int) -> None:
         """A trial told without its jobs (an interrupt, a failure to prepare them)."""
         self.open.pop(number, None)
-        self.rets.pop(number, None)
+        self.answers.pop(number, None)
 
     def seed_job(self, number: int, overrides: tuple[str, ...], k: int) -> tuple[str, ...]:
         """The overrides of one seed's job of a repeated trial: the seed, and a folder in the trial's."""
@@ -154,36 +168,38 @@ class Shape:
             f"hydra.sweep.subdir={number}",
         )
 
-    def judge(self, trial: optuna.Trial, job_dir: Path, ret: Any) -> tuple[Outcome, dict]:
-        """One job's outcome (and its results file) from its return and what its reporter stored."""
-        results = outcome.read_results(job_dir, self.settings.results_file)
-        stored = recovery.stored_user_attrs(self.study, trial)
+    def answer(self, trial: optuna.Trial, folder: Path, ret: Any) -> Answer:
+        """A job's answer for one trial, judged: its return, its results file and what its reporter
+        stored (why it stopped). A storage that fails here stops the sweep; anything else around
+        this one trial (its folder unreadable) fails the trial."""
+        try:
+            results = outcome.read_results(folder, self.settings.results_file)
+            stored = recovery.stored_user_attrs(self.study, trial)
+        except Exception as err:
+            StorageFailure.raise_if_storage(err, self.settings.storage)
+            return Answer(ret, Outcome.failed(f"{type(err).__name__}: {err}"), {}, folder)
         n = len(self.settings.directions)
-        return outcome.of_job(ret, results, n, stored.get(PRUNED_ATTR), stored.get(TIMEOUT_ATTR)), results
+        judged = outcome.of_job(ret, results, n, stored.get(PRUNED_ATTR), stored.get(TIMEOUT_ATTR))
+        return Answer(ret, judged, results, folder)
 
-    def single(self, trial: optuna.Trial, ret: Any) -> tuple[Outcome, dict]:
-        job_dir = self.plan.sweep_dir / str(trial.number)
-        result, results = self.judge(trial, job_dir, ret)
-        if isinstance(ret, JobLost) and ret.last:
+    def single(self, trial: optuna.Trial, answer: Answer) -> tuple[Outcome, dict]:
+        if isinstance(answer.ret, JobLost) and answer.ret.last:
             keep_last_value(self.study, trial)
-        outcome.record(trial, results, self.settings.record, job_dir)
-        outcome.upload(trial, job_dir, self.settings.artifact_dir, self.settings.artifacts)
-        return result, results
+        outcome.record(trial, answer.results, self.settings.record, answer.folder)
+        outcome.upload(trial, answer.folder, self.settings.artifact_dir, self.settings.artifacts)
+        return answer.outcome, answer.results
 
-    def repeated(self, trial: optuna.Trial, rets: dict[int, Any]) -> tuple[Outcome, dict]:
+    def repeated(self, trial: optuna.Trial, answers: dict[int, Answer]) -> tuple[Outcome, dict]:
         """A repeated trial from its seeds' jobs: the mean of their values, their results files
         averaged, each seed's files uploaded; its folder (`dir`) is its first seed's."""
         s, seeds = self.settings, self.plan.seeds
         outcomes, found = [], []
         for k in range(len(seeds)):
-            job_dir = self.folder((trial.number, k))
-            if k not in rets:
-                outcomes.append(None)
-                continue
-            result, results = self.judge(trial, job_dir, rets[k])
-            outcomes.append(result)
-            found.append(results)
-            outcome.upload(trial, job_dir, s.artifact_dir, s.artifacts)
+            answer = answers.get(k)
+            outcomes.append(None if answer is None else answer.outcome)
+            if answer is not None:
+                found.append(answer.results)
+                outcome.upload(trial, answer.folder, s.artifact_dir, s.artifacts)
         result, attrs = repeats.combine(outcomes, seeds, s.names)
         merged = repeats.mean_results(found)
         outcome.record(trial, merged, s.record, self.folder((trial.number, 0)))
@@ -196,7 +212,7 @@ def keep_last_value(study: optuna.Study, trial: optuna.Trial) -> None:
     """A stopped trial's last reported value, as the user attribute `last_value`."""
     steps = recovery.stored_trial(study, trial).intermediate_values
     if steps:
-        trial.set_user_attr("last_value", steps[max(steps)])
+        trial.set_user_attr(LAST_VALUE_ATTR, steps[max(steps)])
 
 
 def handed(s: Any, study: optuna.Study, number: int, stack: list[int] | None, env: dict[str, str]) -> tuple:

@@ -18,6 +18,7 @@ import threading
 from typing import Any
 
 from .compat import launcher_kind, running_executor
+from .wire import SECRET_ENVS
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,7 @@ def ray_init_options(options: dict[str, Any]) -> dict[str, Any]:
     with a password, the MLflow URI: kept out of the jobs' files): Ray tasks on other nodes do not inherit this
     process's environment, but the job's runtime environment reaches them. It is never written to
     the config or the jobs' folders."""
-    from .job import STORAGE_ENV
-    from .tracking import MLFLOW_URI_ENV
-
-    secrets = {k: os.environ[k] for k in (STORAGE_ENV, MLFLOW_URI_ENV) if k in os.environ}
+    secrets = {k: os.environ[k] for k in SECRET_ENVS if k in os.environ}
     if not secrets:
         return options
     runtime_env = dict(options.get("runtime_env") or {})

@@ -32,6 +32,7 @@ from .recovery import Heartbeat, Tally, counts_toward_target
 from .settings import Settings
 from .signals import raise_pending
 from .urls import masked
+from .wire import FAIL_ATTR, WORKER_ATTR
 
 log = logging.getLogger(__name__)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -172,7 +173,7 @@ def ask(r: Run) -> tuple[optuna.Trial, tuple[str, ...]] | None:
     trial = r.study.ask()
     r.in_flight[trial.number] = InFlight(trial, time.perf_counter())
     r.heartbeat.add(trial)
-    trial.set_user_attr("worker", WORKER)
+    trial.set_user_attr(WORKER_ATTR, WORKER)
     if surplus(r, trial):
         return None
     r.study.sampler = r.plan.make_sampler(trial.number)
@@ -230,7 +231,7 @@ def surplus(r: Run, trial: optuna.Trial) -> bool:
         return False
     r.forget(trial.number)
     queued = recovery.queued_params(r.study, trial)
-    attrs = {k: v for k, v in trial.user_attrs.items() if k != "worker"}
+    attrs = {k: v for k, v in trial.user_attrs.items() if k != WORKER_ATTR}
     if outcome.tell(r.study, trial, Outcome.failed(recovery.SURPLUS)) and queued:
         r.study.enqueue_trial(queued, user_attrs=attrs, skip_if_exists=False)
     log.info("trial %d not run: the study reached its target of %d trials", trial.number, r.plan.n_trials)
@@ -365,7 +366,7 @@ def nothing_to_run(r: Run) -> None:
     trials = r.study.get_trials(deepcopy=False)
     done, name, target = r.scan.done, r.plan.name, r.plan.n_trials
     if trials and not any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
-        reasons = sorted({t.user_attrs.get("fail_reason", "?") for t in trials if t.state == TrialState.FAIL})
+        reasons = sorted({t.user_attrs.get(FAIL_ATTR, "?") for t in trials if t.state == TrialState.FAIL})
         raise SweepExit(
             1,
             f"study {name} already has {done} of {target} trials, and all of them failed "
@@ -382,4 +383,4 @@ def allowed_failures(settings: Settings, plan: Plan, study: optuna.Study) -> int
 
 def running(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """Trials a sweeper worker runs (a trial RUNNING without a worker was left by another tool)."""
-    return [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+    return [t for t in trials if t.state == TrialState.RUNNING and WORKER_ATTR in t.user_attrs]

@@ -14,9 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .job import PRUNED_ATTR
-
-DIR_ATTR = "dir"  # user attribute: the trial's job folder
+from .wire import DIR_ATTR, FAIL_ATTR, PRUNED_ATTR
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> bool:
     failed it as stale while this one was stopped)."""
     try:
         if outcome.state == TrialState.FAIL:
-            trial.set_user_attr("fail_reason", outcome.reason)
+            trial.set_user_attr(FAIL_ATTR, outcome.reason)
         study.tell(trial, outcome.values, state=outcome.state)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
         return False

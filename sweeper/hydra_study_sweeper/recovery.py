@@ -18,6 +18,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from .compat import heartbeat_model, stale_trial_ids, storage_of, study_id, trial_id
+from .wire import FAIL_ATTR, RETRY_ATTR, WORKER_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def heartbeat_enabled(storage: Any) -> bool:
 def counts_toward_target(trial: FrozenTrial) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") not in RERUN_REASONS
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(FAIL_ATTR) not in RERUN_REASONS
 
 
 def live_trial(study: optuna.Study, number: int) -> optuna.Trial:
@@ -78,7 +79,7 @@ def fail_stale_trials(study: optuna.Study, raw: Any) -> None:
         return
     for tid in sorted(stale):
         try:
-            storage.set_trial_user_attr(tid, "fail_reason", "stale")
+            storage.set_trial_user_attr(tid, FAIL_ATTR, "stale")
             if not storage.set_trial_state_values(tid, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -87,7 +88,7 @@ def fail_stale_trials(study: optuna.Study, raw: Any) -> None:
         log.warning(
             "trial %d was left running by a stopped worker (%s): failed as stale",
             trial.number,
-            trial.user_attrs.get("worker", "unknown"),
+            trial.user_attrs.get(WORKER_ATTR, "unknown"),
         )
         requeue(study, trial)
 
@@ -119,7 +120,7 @@ def _dead_here(study: optuna.Study) -> set[int]:
     here = socket.gethostname()
     dead = set()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        host, _, pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
         if host != here or not pid.isdigit():
             continue
         try:
@@ -161,20 +162,20 @@ def _never_beat(study: optuna.Study, storage: RDBStorage) -> set[int]:
 def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> bool:
     """Queue a trial's parameters again, while they never completed and are not already queued."""
     params = dict(trial.params)
-    first = trial.user_attrs.get("retry_of", trial.number)
+    first = trial.user_attrs.get(RETRY_ATTR, trial.number)
     stale = 0
     for other in study.get_trials(deepcopy=False):
         if other.params != params and other.state != TrialState.WAITING:
             continue
         if other.state in (TrialState.COMPLETE, TrialState.PRUNED) and other.params == params:
             return False
-        if other.state == TrialState.WAITING and other.user_attrs.get("retry_of") == first:
+        if other.state == TrialState.WAITING and other.user_attrs.get(RETRY_ATTR) == first:
             return False
-        stale += other.params == params and other.user_attrs.get("fail_reason") == "stale"
+        stale += other.params == params and other.user_attrs.get(FAIL_ATTR) == "stale"
     if stale >= MAX_STALE:
         log.warning("trial %d's parameters lost their worker %d times: not queued again", trial.number, stale)
         return False
-    study.enqueue_trial(params, user_attrs={"retry_of": first}, skip_if_exists=False)
+    study.enqueue_trial(params, user_attrs={RETRY_ATTR: first}, skip_if_exists=False)
     return True
 
 

@@ -22,8 +22,7 @@ from optuna.trial import TrialState
 from .errors import UserError
 from .outcome import Outcome
 from .settings import Settings
-
-SEEDS_ATTR = "seeds"  # user attribute: the seeds a repeated trial ran
+from .wire import SEEDS_ATTR
 
 
 def seeds(settings: Settings, config: DictConfig, searched: dict[str, Any], grid: Any) -> tuple[int, ...]:

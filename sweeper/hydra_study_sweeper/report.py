@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m hydra_study_sweep
     study = load(args.parser, args.storage, args.study)
     names = study.metric_names or (metrics if len(metrics) == len(study.directions) else None)
     names = names or [f"value_{i}" for i in range(len(study.directions))]
-    from .rerun import COMMAND_ATTR
+    from .wire import COMMAND_ATTR
 
     command = study.user_attrs.get(COMMAND_ATTR)
     skip = tuple(g for g in args.rerun_skip.split(",") if g)

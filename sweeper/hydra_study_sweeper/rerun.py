@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-COMMAND_ATTR = "app_command"  # study user attribute: how the app is started (python -m PKG / python FILE)
+from .wire import COMMAND_ATTR
 
 
 def launch_command(argv0: str | None = None) -> str:

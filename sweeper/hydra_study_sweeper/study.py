@@ -17,11 +17,12 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from . import space, staged
 from .errors import StorageFailure, UserError
-from .job import IN_PROCESS, PRUNER_TARGETS, STORAGE_ENV
+from .job import IN_PROCESS, PRUNER_TARGETS
 from .plan import Plan
 from .rerun import record_command
 from .settings import Settings
 from .urls import absolute, has_password, mask_overrides, masked
+from .wire import STORAGE_ENV
 
 log = logging.getLogger(__name__)
 

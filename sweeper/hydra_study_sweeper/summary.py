@@ -18,8 +18,8 @@ from typing import Any
 
 from hydra.utils import get_method
 
-from .outcome import DIR_ATTR
 from .recovery import SURPLUS  # a place taken by another worker first: never ran, not shown
+from .wire import DIR_ATTR, FAIL_ATTR
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def rows_from_study(study: Any, columns: list[str]) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
-        if attrs.get("fail_reason") == SURPLUS:
+        if attrs.get(FAIL_ATTR) == SURPLUS:
             continue
         seconds = attrs.get("seconds")
         if seconds is None and t.datetime_start and t.datetime_complete:
@@ -60,7 +60,7 @@ def rows_from_study(study: Any, columns: list[str]) -> list[dict[str, Any]]:
                 "attrs": dict(attrs),
                 "steps": dict(t.intermediate_values),
                 "seconds": seconds,
-                "fail_reason": attrs.get("fail_reason", ""),
+                "fail_reason": attrs.get(FAIL_ATTR, ""),
                 "directory": attrs.get(DIR_ATTR, ""),
             }
         )

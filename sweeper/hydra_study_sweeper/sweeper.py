@@ -149,7 +149,7 @@ class StudySweeper:
 
     def layout(self, study: optuna.Study) -> summary.Layout:
         s = self.settings
-        from .rerun import COMMAND_ATTR
+        from .wire import COMMAND_ATTR
 
         return summary.Layout(
             s.names,

@@ -29,11 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from .urls import absolute, masked, scrub
+from .wire import FAIL_ATTR, MLFLOW_RUNS_ENV, MLFLOW_URI_ENV, PRUNED_ATTR, TENSORBOARD_ENV
 
 log = logging.getLogger(__name__)
-MLFLOW_URI_ENV = "HYDRA_STUDY_SWEEPER_MLFLOW_URI"
-MLFLOW_RUNS_ENV = "HYDRA_STUDY_SWEEPER_MLFLOW_RUNS"  # trial number=run id, comma separated (a stack has several)
-TENSORBOARD_ENV = "HYDRA_STUDY_SWEEPER_TENSORBOARD"  # the study's event folder; a trial's is NUMBER/ inside
 STUDY_TAG, TRIAL_TAG, KIND_TAG = "study", "trial", "hydra_study_sweeper.run"
 OPEN: list[JobTracker] = []  # this job's trackers (a stack has one per member), closed at its end
 
@@ -222,7 +220,7 @@ class SweepTracker:
         stamp = int(time.time() * 1000)
         metrics = [Metric(k, v, stamp, 0) for k, v in numbers(final).items()]
         tags = [RunTag("state", state)] + [
-            RunTag(k, str(attrs[k])[:5000]) for k in ("fail_reason", "pruned_reason") if k in attrs
+            RunTag(k, str(attrs[k])[:5000]) for k in (FAIL_ATTR, PRUNED_ATTR) if k in attrs
         ]
         self.client.log_batch(run_id, metrics=metrics, tags=tags, synchronous=True)
         for name in self.artifacts if job_dir is not None else ():

@@ -40,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from .compat import on_broken_pool
+from .wire import JOB_FILE, TOKEN_ENV
 
 log = logging.getLogger(__name__)
 
-JOB_FILE = ".sweeper-job.json"  # in each job's folder: {"host", "pid", "start", "token"}; touched at each step
-TOKEN_ENV = "HYDRA_STUDY_SWEEPER_JOB_TOKEN"  # this launch's token, which the job writes into its file
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL of a hung job's processes
 GIVE_UP = 3.0  # seconds after the SIGKILL: the stopped job's trials are told without its launcher's word
 POOL_DEATHS: dict[int, int] = {}  # joblib worker pid -> exit code, for workers that died on their own

@@ -133,7 +133,8 @@ def test_a_long_summary_table_shows_the_best_hundred_and_the_csv_every_trial(tmp
 def test_the_watchdog_finds_a_silent_job_but_not_while_the_storage_is_away(tmp_path):
     import json
 
-    from hydra_study_sweeper.watchdog import JOB_FILE, Watchdog
+    from hydra_study_sweeper.watchdog import Watchdog
+    from hydra_study_sweeper.wire import JOB_FILE
 
     dog = Watchdog(stall_timeout=10, trial_timeout=None, stop_grace=30)
     token = dog.started("job", tmp_path)
@@ -152,7 +153,8 @@ def test_the_watchdog_finds_a_silent_job_but_not_while_the_storage_is_away(tmp_p
 def test_a_jobs_start_up_is_judged_by_its_own_allowance_not_by_stall_timeout(tmp_path):
     import json
 
-    from hydra_study_sweeper.watchdog import JOB_FILE, Watchdog
+    from hydra_study_sweeper.watchdog import Watchdog
+    from hydra_study_sweeper.wire import JOB_FILE
 
     for start_timeout, said in ((None, "stall_timeout + 60 s = 65 s"), (20, "start_timeout=20 s")):
         dog = Watchdog(stall_timeout=5, trial_timeout=None, stop_grace=30, start_timeout=start_timeout)
@@ -169,7 +171,8 @@ def test_the_watchdog_believes_only_the_job_file_of_the_launch_it_watches(tmp_pa
     removed before the launch, and a file without this launch's token is never read."""
     import json
 
-    from hydra_study_sweeper.watchdog import JOB_FILE, Watchdog
+    from hydra_study_sweeper.watchdog import Watchdog
+    from hydra_study_sweeper.wire import JOB_FILE
 
     stale = {"host": __import__("socket").gethostname(), "pid": os.getpid(), "token": "an old job's"}
     (tmp_path / JOB_FILE).write_text(json.dumps(stale))
