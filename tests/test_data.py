@@ -257,3 +257,15 @@ def test_project_beyond_the_inputs_is_refused():
     cfg.project = 65
     with pytest.raises(UserError, match=r"data.project=65 exceeds the 64 inputs of data=digits: choose 0"):
         data.load(cfg, size(1000, 200), seed=0, device="cpu")
+
+
+def test_digits_read_from_scikit_learns_table_are_what_load_digits_gives():
+    from sklearn.datasets import load_digits
+
+    from mlp_sweep.data import digits_table
+
+    x, y = digits_table()
+    bunch = load_digits()
+    assert x.dtype == y.dtype == np.uint8
+    np.testing.assert_array_equal(x, bunch.data.astype(np.uint8))
+    np.testing.assert_array_equal(y, bunch.target.astype(np.uint8))
