@@ -48,15 +48,15 @@ def after_storage_failure(r: Run, err: StorageFailure) -> SweepExit:
 def settle_in_flight(r: Run, reason: str) -> None:
     """Each trial still in flight: told with the values its job left, else failed and queued again."""
     for number in list(r.in_flight):
-        trial = r.forget(number).trial
+        trial = r.in_flight[number].trial
         job_dir = r.plan.sweep_dir / str(number)
         results = outcome.read_results(job_dir, r.settings.results_file)
         with contextlib.suppress(Exception):
             outcome.record(trial, results, r.settings.record, job_dir)
         values = outcome.values_left(results, r.settings.metric_names)
-        if values is not None and outcome.tell(r.study, trial, Outcome(outcome.TrialState.COMPLETE, values)):
-            continue
-        if outcome.tell(r.study, trial, Outcome.failed(reason)):
+        if values is not None and len(values) == len(r.settings.directions):
+            r.tell(number, Outcome(outcome.TrialState.COMPLETE, values), counted=False)
+        elif r.tell(number, Outcome.failed(reason), counted=False):
             queued = recovery.requeue(r.study, trial)
             log.warning("trial %d %s: recorded as failed%s", number, reason, " and queued again" if queued else "")
     r.extras.sweep_ended(interrupted=True)

@@ -3,7 +3,8 @@
 One turn of the loop (`step`) is a few named phases: look at the study (`scan`), start a waiting
 job, ask trials (`launch_next`: ask, configure, make their jobs), take in the jobs that ended
 (`collect`), wait for other workers' trials, or stop. A run's state lives in one `Run`; a trial goes
-from asked to told in `launch_next` and `conclude`, and every tell goes through `outcome.tell`. How
+from asked to told through two methods of the `Run` alone (`asked`, `tell`), which check the
+change: a trial is asked once, told once, and only while this worker runs it. How
 trials become jobs and jobs' returns become outcomes (repeats, stacks) is jobs.Shape's business.
 """
 
@@ -80,12 +81,27 @@ class Run:
     extras: Extras = field(default_factory=lambda: Extras([]))  # GPU slots, the watchdog, tracking
     capacity: int = 1  # jobs running at once: n_jobs, or fewer where there are fewer GPU slots
 
-    def forget(self, number: int) -> InFlight:
-        flight = self.in_flight.pop(number)
+    def asked(self, trial: optuna.Trial) -> None:
+        """A trial this worker asked: in flight, its heartbeat kept, its worker's name stored."""
+        if trial.number in self.in_flight:
+            raise RuntimeError(f"trial {trial.number} asked twice by this worker")
+        self.in_flight[trial.number] = InFlight(trial, time.perf_counter())
+        self.heartbeat.add(trial)
+        trial.set_user_attr(WORKER_ATTR, WORKER)
+
+    def tell(self, number: int, result: Outcome, counted: bool = True) -> bool:
+        """The one way a trial of this worker ends: no longer in flight, its heartbeat and jobs'
+        bookkeeping dropped, and `result` stored (outcome.tell). False when another worker finished
+        it first. `counted`: it ended in this run (surplus trials and parameters that could not be
+        built are not). A trial not in flight here cannot be told: that is a fault of the sweeper."""
+        flight = self.in_flight.pop(number, None)
+        if flight is None:
+            raise RuntimeError(f"trial {number} told, but this worker does not run it (told twice?)")
         self.heartbeat.remove(flight.trial)
         if self.shape is not None:
             self.shape.forget(number)
-        return flight
+        self.told += counted
+        return outcome.tell(self.study, flight.trial, result)
 
 
 def run(r: Run) -> None:
@@ -171,17 +187,14 @@ def ask(r: Run) -> tuple[optuna.Trial, tuple[str, ...]] | None:
     still_there(r)
     r.study.sampler = r.plan.make_sampler(r.scan.stored)
     trial = r.study.ask()
-    r.in_flight[trial.number] = InFlight(trial, time.perf_counter())
-    r.heartbeat.add(trial)
-    trial.set_user_attr(WORKER_ATTR, WORKER)
+    r.asked(trial)
     if surplus(r, trial):
         return None
     r.study.sampler = r.plan.make_sampler(trial.number)
     try:
         overrides = r.shape.configure(trial)
     except Exception as err:  # a custom search space that raises, overlapping keys
-        r.forget(trial.number)
-        outcome.tell(r.study, trial, Outcome.failed(f"{type(err).__name__}: {err}"))
+        r.tell(trial.number, Outcome.failed(f"{type(err).__name__}: {err}"), counted=False)
         raise UserError(f"cannot build the trial's parameters: {err}") from None
     r.extras.trial_started(trial, r.plan.space.fixed)
     r.scan = Scan(r.scan.at, r.scan.done, r.scan.others, r.scan.todo - 1, r.scan.stored + 1)
@@ -197,9 +210,7 @@ def launch(r: Run, members: list[tuple[optuna.Trial, tuple[str, ...]]]) -> None:
         StorageFailure.raise_if_storage(err, r.settings.storage)
         failed = Outcome.failed(f"cannot prepare the stack's folders: {err}")
         for trial, _ in members:
-            r.forget(trial.number)
-            r.told += 1
-            if outcome.tell(r.study, trial, failed):
+            if r.tell(trial.number, failed):
                 say_outcome(r, trial, failed, 0.0)  # counted against max_failure_rate like any failure
         r.stopping = r.stopping or len(r.failures) > r.allowed_failures
         r.scan = None
@@ -229,10 +240,9 @@ def surplus(r: Run, trial: optuna.Trial) -> bool:
     ahead = r.tally.live_below(trials, trial.number)
     if ahead < r.plan.n_trials:
         return False
-    r.forget(trial.number)
     queued = recovery.queued_params(r.study, trial)
     attrs = {k: v for k, v in trial.user_attrs.items() if k != WORKER_ATTR}
-    if outcome.tell(r.study, trial, Outcome.failed(recovery.SURPLUS)) and queued:
+    if r.tell(trial.number, Outcome.failed(recovery.SURPLUS), counted=False) and queued:
         r.study.enqueue_trial(queued, user_attrs=attrs, skip_if_exists=False)
     log.info("trial %d not run: the study reached its target of %d trials", trial.number, r.plan.n_trials)
     return True
@@ -275,9 +285,8 @@ def job_ended(r: Run, key: Any, ret: Any) -> None:
 def lost_with_pool(r: Run, number: int) -> None:
     """A trial whose job joblib failed because another job's worker died: failed as `interrupted`
     (not counted, not a failure of this run) and queued again."""
-    trial = r.forget(number).trial
-    r.told += 1
-    if outcome.tell(r.study, trial, Outcome.failed("interrupted")):
+    trial = r.in_flight[number].trial
+    if r.tell(number, Outcome.failed("interrupted")):
         queued = recovery.requeue(r.study, trial)
         log.warning(
             "trial %d was lost when joblib stopped its worker pool (another job's process died)%s",
@@ -290,7 +299,7 @@ def conclude(r: Run, number: int, decide: Any) -> None:
     """Tell a trial whose jobs all ended: `decide(trial)` records what they left and gives the
     outcome; then say so."""
     still_there(r)
-    flight = r.forget(number)
+    flight = r.in_flight[number]
     trial, seconds = flight.trial, time.perf_counter() - flight.started
     results: dict = {}
     try:
@@ -298,9 +307,8 @@ def conclude(r: Run, number: int, decide: Any) -> None:
     except Exception as err:  # the storage or the file system failed around this one trial
         StorageFailure.raise_if_storage(err, r.settings.storage)
         result = Outcome.failed(f"{type(err).__name__}: {err}")
-    r.told += 1
     try:
-        told = outcome.tell(r.study, trial, result)
+        told = r.tell(number, result)
     except Exception as err:
         StorageFailure.raise_if_storage(err, r.settings.storage)
         raise

@@ -353,3 +353,27 @@ def test_the_sweepers_defaults_are_said_once_in_the_plugins_config():
     ] == []
     conf = {f.name for f in dataclasses.fields(StudySweeperConf)}
     assert {f.name for f in fields} - {"directions"} <= conf and "direction" in conf
+
+
+def test_a_trial_of_this_worker_is_asked_once_and_told_once_through_the_run():
+    from hydra_study_sweeper.loop import Run
+    from hydra_study_sweeper.outcome import Outcome
+    from hydra_study_sweeper.recovery import Heartbeat
+    from hydra_study_sweeper.wire import WORKER_ATTR
+
+    study = optuna.create_study()
+    r = Run(None, None, study, Heartbeat(None, 60), None, None, allowed_failures=0)
+    trial = study.ask()
+    r.asked(trial)
+    assert WORKER_ATTR in study.trials[0].user_attrs
+    with pytest.raises(RuntimeError, match="asked twice"):
+        r.asked(trial)
+    assert r.tell(trial.number, Outcome(TrialState.COMPLETE, [1.5]))
+    assert (study.trials[0].state, study.trials[0].value, r.told, r.in_flight) == (TrialState.COMPLETE, 1.5, 1, {})
+    with pytest.raises(RuntimeError, match="told twice"):
+        r.tell(trial.number, Outcome.failed("again"))
+    other = study.ask()
+    r.asked(other)
+    study.tell(other, 2.0)  # finished elsewhere (another worker failed it as stale, say)
+    assert not r.tell(other.number, Outcome.failed("late"), counted=False)
+    assert (study.trials[1].value, r.told, r.in_flight) == (2.0, 1, {})
