@@ -91,8 +91,8 @@ def stopped(metrics: Any, reporter: Any, epoch_log: logging.Logger) -> dict[str,
     epoch_log.info("%s", reporter.reason)
     if reporter.timed_out:
         metrics.status = "timeout"
-        return {"timeout_reason": reporter.reason}
-    return {"pruned_reason": reporter.reason}
+        return {job.TIMEOUT_ATTR: reporter.reason}
+    return {job.PRUNED_ATTR: reporter.reason}
 
 
 def result(cfg: DictConfig, metrics: Any) -> float | tuple[float, ...]:

@@ -18,7 +18,7 @@ from . import recovery, watchdog
 from .gpus import Slots
 from .job import quoted
 from .outcome import JobLost, Outcome
-from .wire import DIR_ATTR, TOKEN_ENV, VISIBLE_ENV
+from .wire import DIR_ATTR, SEEDS_ATTR, TOKEN_ENV, VISIBLE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,8 @@ class Console(Extra):
                 f"{n}={v:.4g}" + (f" ± {attrs[f'{n}_std']:.2g}" if f"{n}_std" in attrs else "")
                 for n, v in zip(self.names, result.values, strict=True)
             )
-            if "seeds" in attrs:
-                values += f" (mean of seeds {', '.join(map(str, attrs['seeds']))})"
+            if SEEDS_ATTR in attrs:
+                values += f" (mean of seeds {', '.join(map(str, attrs[SEEDS_ATTR]))})"
             log.info("trial %d end: %s in %.3g s (%s)", trial.number, values, seconds, shown_params(trial.params))
 
     def progress(self, study: optuna.Study, tally: Any, target: int) -> None:

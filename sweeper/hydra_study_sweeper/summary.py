@@ -19,7 +19,7 @@ from typing import Any
 from hydra.utils import get_method
 
 from .recovery import SURPLUS  # a place taken by another worker first: never ran, not shown
-from .wire import DIR_ATTR, FAIL_ATTR
+from .wire import DIR_ATTR, FAIL_ATTR, SEEDS_ATTR
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,7 @@ def _best(ranked: list, front: list, layout: Layout, multi: bool, reruns: dict[i
         columns = [(c, r["columns"].get(c)) for c in layout.columns if c not in layout.names]
         shown = [*zip(layout.names, r["values"], strict=True), *columns]
         text = ", ".join(f"{n} {spread(n, v, r['attrs'], layout.formats)}" for n, v in shown if v is not None)
-        seeds = r["attrs"].get("seeds")
+        seeds = r["attrs"].get(SEEDS_ATTR)
         return text + (f" (mean ± std over seeds {', '.join(map(str, seeds))})" if seeds else "")
 
     if multi and front:
