@@ -215,15 +215,21 @@ for _name in PUBLIC_CALLS + RDB_PRIVATE_CALLS:
 
 
 class LostReset(logging.Filter):
-    """Drops SQLAlchemy's ERROR record, with its traceback, of a pooled connection that could not
-    be rolled back on its way back to the pool because the server had gone away ("Exception during
-    reset or similar"): the connection is discarded anyway, and the outage is already reported in
-    one line by Outage. Any other record, and a reset that failed for another reason, passes."""
+    """Drops two ERROR records of SQLAlchemy's pool, each with a traceback, that say nothing the
+    sweeper does not already say in one line:
+    - a pooled connection that could not be rolled back on its way back to the pool because the
+      server had gone away ("Exception during reset or similar"): the connection is discarded
+      anyway, and Outage reports the outage;
+    - any pool error whose exception is a Ctrl-C or SIGTERM that landed while the pool reset or
+      closed a connection: the pool raises it on, and the sweeper handles the interrupt.
+    Any other record, and a reset that failed for another reason, passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.getMessage().startswith(LOST_RESET) or not record.exc_info:
+        if not record.exc_info:
             return True
-        return not lost_connection(record.exc_info[1])
+        if isinstance(record.exc_info[1], KeyboardInterrupt):
+            return False
+        return not (record.getMessage().startswith(LOST_RESET) and lost_connection(record.exc_info[1]))
 
 
 def quiet_lost_resets() -> None:

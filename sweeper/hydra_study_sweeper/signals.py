@@ -31,10 +31,13 @@ def raise_pending() -> None:
 
 @contextlib.contextmanager
 def interrupting() -> Iterator[None]:
-    """Ctrl-C raises KeyboardInterrupt, SIGTERM Terminated; each is also recorded."""
+    """Ctrl-C raises KeyboardInterrupt, SIGTERM Terminated; each is also recorded. Only the first
+    raises: a further one before the sweep acts on it is recorded (cleaning_up hears of it)."""
 
     def interrupt(signum: int, _frame: Any) -> None:
         PENDING.append(signum)
+        if len(PENDING) > 1:  # one is already on its way up (or recorded, raised at the next check):
+            return  # raised on top of it, this one would escape the handling of the first
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
     def unraisable(info: Any) -> None:
@@ -85,6 +88,7 @@ def cleaning_up(code: int) -> Iterator[AfterInterrupt]:
     a gap between two handlers would raise KeyboardInterrupt where nothing catches it. At the end
     signals are ignored: the storage is consistent, the exit is under way."""
     handler = AfterInterrupt(code)
+    handler.came += PENDING[1:]  # more came while the first was on its way here
     PENDING.clear()  # acted on now: no job or loop may raise it again
     try:
         for s in (signal.SIGINT, signal.SIGTERM):

@@ -93,6 +93,7 @@ def _sqlite(url: str, parsed: Any, heartbeat_interval: int, grace_period: int | 
         storage = _rdb_retrying(url, kwargs, heartbeat_interval, grace_period)
     sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
     storage.engine.dispose()  # connections opened before the listener reconnect with it
+    quiet_lost_resets()  # a Ctrl-C that lands in the pool's reset of a connection is the sweeper's to say
     return storage
 
 

@@ -196,10 +196,11 @@ def test_a_second_ctrl_c_is_short_and_a_twice_interrupted_retry_is_queued_again(
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
         out = finish(proc, 60)
-        # 130, or (about 1 run in 20 under load, not yet explained) ended by the second SIGINT itself
-        # after the storage was put in order: a shell shows 130 for both
-        assert proc.returncode in (130, -signal.SIGINT), out
-        assert "Traceback" not in out and len(out.splitlines()) < 60
+        assert proc.returncode == 130, out  # not ended by the second SIGINT, wherever it landed
+        # short: the sweeper's own lines (the job's step lines before the interrupt are as many as
+        # a loaded machine let it log before the test saw it running: 48 in one CI run)
+        said = [line for line in out.splitlines() if "][sphere]" not in line]
+        assert "Traceback" not in out and len(said) < 30, out
         assert "run the same command again to resume" in out
         trials = study(tmp_path, "long").trials
         assert no_running(trials)
