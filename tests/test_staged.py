@@ -62,3 +62,18 @@ def test_narrowing_works_on_the_log_scale_inside_the_original_space():
     assert out["lr"].log and 1e-5 <= out["lr"].low < 1e-4 and 1e-3 < out["lr"].high < 1e-2
     assert out["lr"].low == pytest.approx(1e-4 / 10**0.25) and out["lr"].high == pytest.approx(1e-3 * 10**0.25)
     assert out["width"].low == 50 and 90 < out["width"].high < 200
+
+
+def test_the_multifidelity_preset_grows_the_training_images_of_the_best_configurations(tmp_path):
+    args = ("hparams_search=multifidelity", "data=digits", "trainer.epochs=2", "hydra.sweeper.n_trials=6")
+    res = sweep(tmp_path, *args, "hydra.sweeper.fidelity.min=100", "hydra.sweeper.fidelity.max=900")
+    assert res.returncode == 0, res.stderr
+    trials = study(tmp_path, "multifidelity-digits").trials
+    assert len(trials) == 6 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert trials[0].state == TrialState.COMPLETE  # the first configuration climbs every rung
+    assert [d["at"] for d in trials[0].user_attrs["rungs"]] == [100, 300, 900]
+    folder = tmp_path / "outputs" / "sweeps" / "multifidelity-digits" / "0"
+    for rung, images in enumerate((100, 300, 900)):  # each rung's job trained on its images, validated on the same
+        config = (folder / f"rung-{rung}" / ".hydra" / "config.yaml").read_text()
+        assert f"train: {images}" in config and "val: 4000" in config
+    assert "## Rungs: configurations per rung" in res.stdout

@@ -27,6 +27,10 @@ sweeper tracks trials in MLflow or TensorBoard.
 For a task that runs inside the sweeper's own process (Hydra's basic launcher), each report is
 also where a Ctrl-C or SIGTERM the sweeper received is raised, should Python have swallowed it.
 
+With the sweeper's `fidelity` (multi-fidelity search), each rung of a trial is a job of its own
+with the fidelity key set in its config; its reports are stored from step rung * 1000 on (rung 0:
+steps as given), so a pruner compares only values of the same rung and step.
+
 A multi-objective study has no intermediate values in Optuna: there `report` never stops a trial
 and only passes interrupts on.
 
@@ -78,6 +82,8 @@ from .wire import (
     PRUNED_ATTR,
     PRUNER_ENV,
     REPEAT_ENV,
+    RUNG_ENV,
+    RUNG_STEPS,
     STACK_ENV,
     STORAGE_ENV,
     STUDY_ENV,
@@ -170,12 +176,16 @@ class Reporter:
         if self.study is None:
             from .storage import open_storage
 
-            pruner = _pruner(os.environ.get(PRUNER_ENV))
+            pruner = instantiate_pruner(os.environ.get(PRUNER_ENV))
             outage = float(os.environ.get(OUTAGE_ENV) or 0) or None
             storage = open_storage(url, None, None, quiet=True, outage_timeout=outage, patient_open=True)
             self.study = optuna.load_study(study_name=trial.study, storage=storage, pruner=pruner)
         self.trial = live_trial(self.study, trial.number)
         self.single = len(self.study.directions) == 1  # Optuna keeps intermediate values for one objective only
+        # a rung of a multi-fidelity search: its steps follow the earlier rungs' in the trial
+        rung = os.environ.get(RUNG_ENV)
+        self.rung = None if rung is None else int(rung)
+        self.offset = (self.rung or 0) * RUNG_STEPS
         limit = os.environ.get(TIMEOUT_ENV)
         self.limit = float(limit) if limit else None
         self.started = time.monotonic()
@@ -187,6 +197,7 @@ class Reporter:
         self.tracker = None if self.follower else JobTracker.of(trial.number)  # MLflow, TensorBoard
 
     def __call__(self, step: int, value: float | None = None, metrics: dict[str, Any] | None = None) -> bool:
+        step += self.offset
         raise_pending()
         stepped()  # the sweeper's watchdog: this job is alive
         if self.tracker is not None:
@@ -199,7 +210,7 @@ class Reporter:
             return True
         value = float(value)
         self.trial.report(value, step)
-        if not self.trial.should_prune():
+        if not self._should_prune():
             return True
         from .pruners import inner
 
@@ -209,6 +220,15 @@ class Reporter:
         self.reason += self._compared(step)
         self.trial.set_user_attr(PRUNED_ATTR, self.reason)
         return False
+
+    def _should_prune(self) -> bool:
+        """The study's pruner's word; in a rung of a multi-fidelity trial, as it sees that rung alone."""
+        if self.rung is None:
+            return self.trial.should_prune()
+        from .pruners import InRung
+        from .recovery import stored_trial
+
+        return InRung(self.study.pruner, self.rung, RUNG_STEPS).prune(self.study, stored_trial(self.study, self.trial))
 
     def _follow(self) -> bool:
         """A later seed goes on until its trial is pruned (on its first seed)."""
@@ -278,7 +298,7 @@ def quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _pruner(config: str | None) -> Any:
+def instantiate_pruner(config: str | None) -> Any:
     from hydra.utils import instantiate
 
     cfg = json.loads(config or '{"_target_": "optuna.pruners.NopPruner"}')

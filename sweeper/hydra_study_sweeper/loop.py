@@ -268,13 +268,15 @@ def collect(r: Run) -> None:
 
 def job_ended(r: Run, key: Any, ret: Any) -> None:
     """A job's end (as the extras take it): its trials' waiting jobs that are not to start any more
-    go, and each trial all of whose jobs ended is told."""
+    go, their next jobs (a promoted trial's next rung) wait first in line, and each trial all of
+    whose jobs ended is told."""
     job = r.jobs.pop(key)
     ret = r.extras.job_ended(key, ret)
-    stop = r.shape.ended(job, ret, lambda number: r.in_flight[number].trial)
+    stop, more = r.shape.ended(job, ret, lambda number: r.in_flight[number].trial)
     for dropped in [w for w in r.waiting if w.key in stop]:
         r.waiting.remove(dropped)
         r.shape.dropped(dropped)
+    r.waiting[:0] = more  # a promoted trial's next rung starts before any new trial
     for decision in r.shape.decided():
         if decision.again:
             lost_with_pool(r, decision.number)

@@ -16,8 +16,12 @@ trial's rungs; only its verdict "stop" is held back while the evidence is too th
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 from optuna.pruners import BasePruner
+
+from .compat import trial_id
 
 
 class Patient(BasePruner):
@@ -46,3 +50,65 @@ def inner(pruner: BasePruner) -> BasePruner:
     while isinstance(pruner, Patient):
         pruner = pruner.pruner
     return pruner
+
+
+class InRung(BasePruner):
+    """The study's pruner asked about one rung of a multi-fidelity trial (hydra_study_sweeper.rungs),
+    as if that rung were a study of its own: it sees that rung's steps only, counted from where
+    the app counts them (so a warm-up holds in every rung), and as finished trials those that
+    finished this rung. Optuna's median, percentile, threshold and patient pruners judge from
+    what a study's get_trials and direction say, which is all this view has."""
+
+    def __init__(self, pruner: BasePruner, rung: int, steps: int) -> None:
+        self.pruner, self.rung, self.steps = pruner, rung, steps
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        view = RungView(study, self.rung, self.steps)
+        return self.pruner.prune(view, view.seen(trial, finished=False))
+
+
+class RungView:
+    """A study's trials as one rung sees them (see InRung)."""
+
+    def __init__(self, study: optuna.Study, rung: int, steps: int) -> None:
+        self.study, self.first, self.last = study, rung * steps, rung * steps + steps - 1
+        self.direction, self.directions = study.direction, study.directions
+
+    def seen(self, t: optuna.trial.FrozenTrial, finished: bool) -> optuna.trial.FrozenTrial:
+        steps = {s - self.first: v for s, v in t.intermediate_values.items() if self.first <= s < self.last}
+        state = optuna.trial.TrialState.COMPLETE if finished else t.state
+        value = t.intermediate_values[self.last] if finished else None
+        return optuna.trial.FrozenTrial(
+            number=t.number,
+            state=state,
+            value=value,
+            datetime_start=t.datetime_start,
+            datetime_complete=t.datetime_complete if finished else None,
+            params=t.params,
+            distributions=t.distributions,
+            user_attrs=t.user_attrs,
+            system_attrs={},
+            intermediate_values=steps,
+            trial_id=trial_id(t),
+        )
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[optuna.trial.FrozenTrial]:
+        found = []
+        for t in self.study.get_trials(deepcopy=False):
+            if not any(self.first <= s <= self.last for s in t.intermediate_values):
+                continue
+            seen = self.seen(t, finished=self.last in t.intermediate_values)
+            if states is None or seen.state in states:
+                found.append(seen)
+        return found
+
+    @property
+    def trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.get_trials()
+
+
+def judges_by_its_own_marks(pruner: BasePruner) -> bool:
+    """Successive halving and Hyperband keep per-trial marks of the rungs (epochs) a trial passed,
+    which a multi-fidelity trial would carry from one data rung into the next."""
+    found = inner(pruner)
+    return isinstance(found, (optuna.pruners.SuccessiveHalvingPruner, optuna.pruners.HyperbandPruner))

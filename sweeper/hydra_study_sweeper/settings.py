@@ -75,6 +75,7 @@ class Settings:
     rerun_dir: str | None
     rerun_skip: tuple[str, ...]
     stages: tuple[dict, ...]
+    fidelity: dict | None
     mlflow: bool
     mlflow_uri: str
     tensorboard: bool

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from hydra.utils import get_method
 
 from .recovery import SURPLUS  # a place taken by another worker first: never ran, not shown
-from .wire import DIR_ATTR, FAIL_ATTR, SEEDS_ATTR
+from .wire import DIR_ATTR, FAIL_ATTR, RUNGS_ATTR, SEEDS_ATTR
 
 
 @dataclass(frozen=True)
@@ -240,8 +241,31 @@ def _markdown(
     if len(shown) > TABLE_ROWS:
         more = len(shown) - TABLE_ROWS
         lines += ["", f"... and {more} more trials, in the same order: summary.csv holds every trial."]
+    lines += _rungs(rows, layout.directions[0])
     lines += _best(ranked, front, layout, multi, reruns)
     return "\n".join(lines) + "\n"
+
+
+def _rungs(rows: list, direction: str) -> list[str]:
+    """A multi-fidelity sweep's rungs: how many configurations finished each, how many of them
+    went on, the best value there and the time its jobs took."""
+    finished: dict[int, list[dict]] = {}
+    for r in rows:
+        for d in r["attrs"].get(RUNGS_ATTR) or []:
+            finished.setdefault(d["rung"], []).append(d)
+    if not finished:
+        return []
+    best = max if direction == "maximize" else min
+    lines = ["", "## Rungs: configurations per rung", ""]
+    lines += ["| rung | at | configurations | went on | best value | median seconds | total seconds |"]
+    lines += ["|---:|---:|---:|---:|---:|---:|---:|"]
+    for rung, done in sorted(finished.items()):
+        on = len(finished[rung + 1]) if rung + 1 in finished else "-"
+        seconds = [d["seconds"] for d in done if _finite(d.get("seconds"))]
+        timing = [f"{statistics.median(seconds):.3g}", f"{sum(seconds):.3g}"] if seconds else ["-", "-"]
+        cells = [rung, done[0]["at"], len(done), on, f"{best(d['value'] for d in done):.4g}", *timing]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return lines
 
 
 def _best(ranked: list, front: list, layout: Layout, multi: bool, reruns: dict[int, list[str]]) -> list[str]:

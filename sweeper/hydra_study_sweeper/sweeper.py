@@ -16,7 +16,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from . import cleanup, compat, loop, plan, settings, staged, stock, summary
+from . import cleanup, compat, loop, plan, rungs, settings, staged, stock, summary
 from .errors import StorageFailure, SweepExit
 from .extras import Console, Extras, GpuSlots, Tracking, Watching
 from .gpus import Slots, say_slots
@@ -48,6 +48,7 @@ class StudySweeper:
 
     def sweep(self, arguments: list[str]) -> None:
         settings.check(self.settings)  # here, not at construction: Hydra would wrap it in a traceback
+        rungs.parse(self.settings.fidelity, self.settings)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep logs its own lines
         try:
             compat.check()  # every private name of another library the sweeper relies on
@@ -73,7 +74,7 @@ class StudySweeper:
             study=study,
             heartbeat=heartbeat,
             launches=launches,
-            shape=Shape(self.inputs, p, study, env=on.job_env),
+            shape=Shape(self.inputs, p, study, env=on.job_env, fidelity=rungs.parse(s.fidelity, s)),
             allowed_failures=loop.allowed_failures(s, p, study),
             extras=on,
             capacity=min(s.n_jobs, len(p.gpu_slots)) if p.gpu_slots else s.n_jobs,

@@ -31,6 +31,7 @@ MLFLOW_URI_ENV = PREFIX + "MLFLOW_URI"  # the tracking server (may hold a passwo
 MLFLOW_RUNS_ENV = PREFIX + "MLFLOW_RUNS"  # trial number=run id, comma separated (a stack has several)
 TENSORBOARD_ENV = PREFIX + "TENSORBOARD"  # the study's event folder; a trial's is NUMBER/ inside
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"  # the GPU slot a job gets (CUDA's own name)
+RUNG_ENV = PREFIX + "RUNG"  # multi-fidelity: the rung the job runs (its steps are stored from RUNG * RUNG_STEPS)
 SECRET_ENVS = (STORAGE_ENV, MLFLOW_URI_ENV)  # may hold a password: set in the environment, never written
 
 # what a job leaves in its folder
@@ -45,6 +46,11 @@ LAST_VALUE_ATTR = "last_value"  # a stopped trial's last reported value
 RETRY_ATTR = "retry_of"  # a queued retry: the number of the trial it retries
 DIR_ATTR = "dir"  # the trial's job folder
 SEEDS_ATTR = "seeds"  # the seeds a repeated trial ran
+RUNGS_ATTR = "rungs"  # multi-fidelity: [{"rung", "at", "value", "seconds"}] of each rung it finished
+
+# multi-fidelity: rung k's step s is the trial's step k * RUNG_STEPS + s; its result is stored at
+# the rung's last step, k * RUNG_STEPS + RUNG_STEPS - 1
+RUNG_STEPS = 1000
 
 # a study's user attributes
 COMMAND_ATTR = "app_command"  # how the app is started (python -m PKG / python FILE)

@@ -141,6 +141,10 @@ class StudySweeperConf(SweeperConf):
     # a staged search: [{data_size: 1k, n_trials: 16, keep: 0.25}, ...]; each stage is a study of its
     # own whose space the previous stage's best `keep` share narrowed
     stages: list[Any] = field(default_factory=list)
+    # multi-fidelity search (asynchronous successive halving): {key: data_size.train, rungs: [1000,
+    # 4000, 16000], eta: 3} (or min and max instead of rungs; brackets: B for Hyperband-style starts);
+    # each trial runs at the lowest rung, and goes on to the next only in the best 1/eta there
+    fidelity: Any = None
 
 
 _store = ConfigStore.instance()
