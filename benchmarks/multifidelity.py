@@ -1,0 +1,167 @@
+"""The course's method as a search: multi-fidelity against flat TPE and the staged search, on CIFAR-10.
+
+    python benchmarks/multifidelity.py                      # 2 sampler seeds x 20 minutes a method
+    python benchmarks/multifidelity.py --seeds 0 1 2 --minutes 40
+    python benchmarks/multifidelity.py --minutes 4 --seeds 0 --configs 10   # a short look
+    python benchmarks/multifidelity.py --tiny               # digits, seconds (CI): figures meaningless
+
+Three searches over the course's broad space (four activations, 1-5 layers, width 50-1000, lr and
+weight decay over their decades), each for the same wall time per sampler seed, one after another:
+(a) flat TPE on 20k images with the median epoch pruner, (b) the staged preset (1k, 10k, 20k
+stages), (c) `hparams_search=multifidelity` (rungs of 1k, 3k, 9k and 20k images). Each is stopped
+by SIGTERM (handled like Ctrl-C) when its time is up. Printed: the best validation accuracy on 20k
+images each had found after 1/8, 1/4, 1/2 and all of its time (2.5, 5, 10, 20 minutes by
+default), and when it first reached (a)'s best of the whole time.
+
+Then whether successive halving can pay here at all: the Spearman correlation between validation
+accuracy on 1k and on 20k images of the same random configurations (--configs, random sampler, no
+pruning), because promoting on little data only works where little data ranks like much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+
+METHODS = {
+    "flat TPE, 20k, median pruner": ("hparams_search=multifidelity", "hydra.sweeper.fidelity=null"),
+    "staged (1k, 10k, 20k)": ("hparams_search=staged",),
+    "multi-fidelity (1k..20k)": ("hparams_search=multifidelity",),
+}
+SHARES = (1 / 8, 1 / 4, 1 / 2, 1)
+
+
+def sweep(tmp: Path, seconds: float, *overrides: str) -> datetime.datetime:
+    """A sweep until it ends or its time is up; when it started (the studies' clock)."""
+    command = [sys.executable, "-m", "mlp_sweep", "-m", *overrides, "hydra.sweeper.artifact_dir=null"]
+    command += [f"hydra.sweeper.storage=sqlite:///{tmp}/bench.db", "hydra.sweeper.rerun_dir=null", "save_model=false"]
+    began = datetime.datetime.now()
+    proc = subprocess.Popen(command, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+        return began
+    if proc.returncode != 0:
+        sys.exit(f"the sweep {' '.join(overrides)} failed (exit {proc.returncode}):\n{err[-3000:]}")
+    return began
+
+
+def top_rung(storage: str, names: list[str], top: int) -> list[tuple[float, float]]:
+    """(when it finished, value) of every trial of the studies named that finished on the top data size."""
+    found = []
+    for name in names:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:  # a stage the time did not reach
+            continue
+        for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+            rungs = t.user_attrs.get("rungs")
+            if rungs is None or rungs[-1]["at"] == top:
+                found.append((t.datetime_complete, t.value))
+    return sorted(found)
+
+
+def best_by(found: list, began: datetime.datetime, seconds: float) -> float | None:
+    values = [v for at, v in found if (at - began).total_seconds() <= seconds]
+    return max(values) if values else None
+
+
+def reached(found: list, began: datetime.datetime, target: float | None) -> float | None:
+    for at, v in found:
+        if target is not None and v >= target:
+            return (at - began).total_seconds()
+    return None
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    def ranks(xs: list[float]) -> list[float]:
+        order = sorted(range(len(xs)), key=xs.__getitem__)
+        r = [0.0] * len(xs)
+        i = 0
+        while i < len(order):  # ties share their mean rank
+            j = i
+            while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    return statistics.correlation(ra, rb) if len(a) > 2 else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--minutes", type=float, default=20.0, help="wall time of each search per seed")
+    parser.add_argument("--configs", type=int, default=30, help="random configurations for the rank correlation")
+    parser.add_argument("--tiny", action="store_true", help="digits, seconds (CI): figures meaningless")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data, top, extra = "cifar10", 20000, ["data_size=20k"]
+    small = {"flat TPE, 20k, median pruner": [], "staged (1k, 10k, 20k)": [], "multi-fidelity (1k..20k)": []}
+    if args.tiny:
+        data, top, args.seeds, args.minutes, args.configs = "digits", 900, [0], 0.2, 3
+        extra = ["data=digits", "trainer.epochs=1", "data_size.train=900"]
+        small = {
+            "flat TPE, 20k, median pruner": [],
+            "staged (1k, 10k, 20k)": [
+                "hydra.sweeper.stages=[{data_size: 1k, n_trials: 2, keep: 0.5}, {data_size: 20k, n_trials: 1}]",
+                "data_size.train=900",
+            ],
+            "multi-fidelity (1k..20k)": ["hydra.sweeper.fidelity.min=100", "hydra.sweeper.fidelity.max=900"],
+        }
+    seconds = args.minutes * 60
+    print(f"{data}, {args.minutes:g} minutes a search per sampler seed; best validation accuracy on {top} images")
+    rows: dict[str, list] = {m: [] for m in METHODS}
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = f"sqlite:///{tmp}/bench.db"
+        for seed in args.seeds:
+            for method, preset in METHODS.items():
+                name = f"{method.split()[0]}-{seed}".replace(",", "")
+                names = [f"{name}-{size}" for size in ("1k", "10k", "20k")] if "staged" in method else [name]
+                study = ["hydra.sweeper.n_trials=1000", f"hydra.sweeper.study_name={name}"]
+                if "staged" in method:
+                    study = [f"hydra.sweeper.study_name={name}"]
+                overrides = (*preset, *extra, *small[method], *study, f"hydra.sweeper.sampler.seed={seed}")
+                began = sweep(Path(tmp), seconds, *overrides)
+                rows[method].append((seed, began, top_rung(storage, names, top)))
+        print(f"\n| search | seed | {' | '.join(f'{seconds * s / 60:g} min' for s in SHARES)} | reaches flat's best |")
+        print("|---|---:|" + "---:|" * (len(SHARES) + 1))
+        flat = list(METHODS)[0]
+        for method in METHODS:
+            for (seed, began, found), (_, flat_began, flat_found) in zip(rows[method], rows[flat], strict=True):
+                goal = best_by(flat_found, flat_began, seconds)
+                cells = [best_by(found, began, seconds * s) for s in SHARES]
+                shown = [f"{c:.2%}" if c is not None else "-" for c in cells]
+                at = reached(found, began, goal)
+                print(f"| {method} | {seed} | {' | '.join(shown)} | {f'{at / 60:.3g} min' if at else 'no'} |")
+        random = f"hydra.sweeper.sampler.n_startup_trials={args.configs}"  # TPE before it models: random draws
+        for_ranks = ("hparams_search=multifidelity", "hydra.sweeper.fidelity=null", random, "hydra/sweeper/pruner=none")
+        for_ranks += (f"hydra.sweeper.n_trials={args.configs}", *(e for e in extra if "data_size.train" not in e))
+        values = {}
+        for size in ("1k", "20k"):
+            name = f"ranks-{size}"
+            size_args = ("data_size.train=100",) if args.tiny and size == "1k" else (f"data_size.train={size[:-1]}000",)
+            sweep(Path(tmp), 10 * 3600, *for_ranks, *size_args, f"hydra.sweeper.study_name={name}")
+            done = optuna.load_study(study_name=name, storage=storage).trials
+            values[size] = {t.number: t.value for t in done if t.value is not None}
+        both = sorted(set(values["1k"]) & set(values["20k"]))
+        rho = spearman([values["1k"][n] for n in both], [values["20k"][n] for n in both])
+        print(f"\nrank correlation of validation accuracy, 1k against {top} images, {len(both)} random configurations:")
+        print(f"Spearman {rho:.2f}")
+
+
+if __name__ == "__main__":
+    main()
