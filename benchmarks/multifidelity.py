@@ -65,7 +65,7 @@ def top_rung(storage: str, names: list[str], top: int) -> list[tuple[float, floa
         except KeyError:  # a stage the time did not reach
             continue
         for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-            rungs = t.user_attrs.get("rungs")
+            rungs = t.user_attrs.get("rungs")  # multi-fidelity: COMPLETE means it finished the top rung
             if rungs is None or rungs[-1]["at"] == top:
                 found.append((t.datetime_complete, t.value))
     return sorted(found)
@@ -130,7 +130,7 @@ def main() -> None:
         for seed in args.seeds:
             for method, preset in METHODS.items():
                 name = f"{method.split()[0]}-{seed}".replace(",", "")
-                names = [f"{name}-{size}" for size in ("1k", "10k", "20k")] if "staged" in method else [name]
+                names = [f"{name}-20k"] if "staged" in method else [name]  # the staged search's last stage
                 study = ["hydra.sweeper.n_trials=1000", f"hydra.sweeper.study_name={name}"]
                 if "staged" in method:
                     study = [f"hydra.sweeper.study_name={name}"]
