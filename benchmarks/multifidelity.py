@@ -101,6 +101,51 @@ def spearman(a: list[float], b: list[float]) -> float:
     return statistics.correlation(ra, rb) if len(a) > 2 else float("nan")
 
 
+def searches(tmp: Path, seeds: list[int], seconds: float, top: int, extra: list, small: dict) -> None:
+    """Each search for `seconds` per seed, then the table of their best top-size accuracy over time."""
+    storage, rows = f"sqlite:///{tmp}/bench.db", {m: [] for m in METHODS}
+    for seed in seeds:
+        for method, preset in METHODS.items():
+            name = f"{method.split()[0]}-{seed}".replace(",", "")
+            names = [f"{name}-20k"] if "staged" in method else [name]  # the staged search's last stage
+            study = [
+                f"hydra.sweeper.study_name={name}",
+                *([] if "staged" in method else ["hydra.sweeper.n_trials=1000"]),
+            ]
+            overrides = (*preset, *extra, *small.get(method, []), *study, f"hydra.sweeper.sampler.seed={seed}")
+            began = sweep(tmp, seconds, *overrides)
+            rows[method].append((seed, began, top_rung(storage, names, top)))
+    print(f"\n| search | seed | {' | '.join(f'{seconds * s / 60:g} min' for s in SHARES)} | reaches flat's best |")
+    print("|---|---:|" + "---:|" * (len(SHARES) + 1))
+    flat = list(METHODS)[0]
+    for method in METHODS:
+        for (seed, began, found), (_, flat_began, flat_found) in zip(rows[method], rows[flat], strict=True):
+            goal = best_by(flat_found, flat_began, seconds)
+            shown = [f"{c:.2%}" if c is not None else "-" for c in (best_by(found, began, seconds * s) for s in SHARES)]
+            at = reached(found, began, goal)
+            print(f"| {method} | {seed} | {' | '.join(shown)} | {f'{at / 60:.3g} min' if at else 'no'} |")
+
+
+def ranking(tmp: Path, configs: int, sizes: tuple[int, int], extra: list) -> None:
+    """The Spearman correlation of validation accuracy at the two training sizes, random configurations."""
+    random = f"hydra.sweeper.sampler.n_startup_trials={configs}"  # TPE before it models: random draws
+    for_ranks = ("hparams_search=multifidelity", "hydra.sweeper.fidelity=null", random, "hydra/sweeper/pruner=none")
+    for_ranks += (f"hydra.sweeper.n_trials={configs}", *(e for e in extra if "data_size.train" not in e))
+    values = []
+    for size in sizes:
+        name = f"ranks-{size}"
+        sweep(tmp, 10 * 3600, *for_ranks, f"data_size.train={size}", f"hydra.sweeper.study_name={name}")
+        done = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/bench.db").trials
+        values.append({t.number: t.value for t in done if t.value is not None})
+    both = sorted(set(values[0]) & set(values[1]))
+    rho = spearman([values[0][n] for n in both], [values[1][n] for n in both])
+    print(
+        f"\nrank correlation of validation accuracy, {sizes[0]} against {sizes[1]} images, {len(both)} random "
+        "configurations:"
+    )
+    print(f"Spearman {rho:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -109,58 +154,21 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="digits, seconds (CI): figures meaningless")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data, top, extra = "cifar10", 20000, ["data_size=20k"]
-    small = {"flat TPE, 20k, median pruner": [], "staged (1k, 10k, 20k)": [], "multi-fidelity (1k..20k)": []}
+    data, sizes, extra, small = "cifar10", (1000, 20000), ["data_size=20k"], {}
     if args.tiny:
-        data, top, args.seeds, args.minutes, args.configs = "digits", 900, [0], 0.2, 3
+        data, sizes, args.seeds, args.minutes, args.configs = "digits", (100, 900), [0], 0.2, 3
         extra = ["data=digits", "trainer.epochs=1", "data_size.train=900"]
         small = {
-            "flat TPE, 20k, median pruner": [],
             "staged (1k, 10k, 20k)": [
                 "hydra.sweeper.stages=[{data_size: 1k, n_trials: 2, keep: 0.5}, {data_size: 20k, n_trials: 1}]",
                 "data_size.train=900",
             ],
             "multi-fidelity (1k..20k)": ["hydra.sweeper.fidelity.min=100", "hydra.sweeper.fidelity.max=900"],
         }
-    seconds = args.minutes * 60
-    print(f"{data}, {args.minutes:g} minutes a search per sampler seed; best validation accuracy on {top} images")
-    rows: dict[str, list] = {m: [] for m in METHODS}
+    print(f"{data}, {args.minutes:g} minutes a search per sampler seed; best validation accuracy on {sizes[1]} images")
     with tempfile.TemporaryDirectory() as tmp:
-        storage = f"sqlite:///{tmp}/bench.db"
-        for seed in args.seeds:
-            for method, preset in METHODS.items():
-                name = f"{method.split()[0]}-{seed}".replace(",", "")
-                names = [f"{name}-20k"] if "staged" in method else [name]  # the staged search's last stage
-                study = ["hydra.sweeper.n_trials=1000", f"hydra.sweeper.study_name={name}"]
-                if "staged" in method:
-                    study = [f"hydra.sweeper.study_name={name}"]
-                overrides = (*preset, *extra, *small[method], *study, f"hydra.sweeper.sampler.seed={seed}")
-                began = sweep(Path(tmp), seconds, *overrides)
-                rows[method].append((seed, began, top_rung(storage, names, top)))
-        print(f"\n| search | seed | {' | '.join(f'{seconds * s / 60:g} min' for s in SHARES)} | reaches flat's best |")
-        print("|---|---:|" + "---:|" * (len(SHARES) + 1))
-        flat = list(METHODS)[0]
-        for method in METHODS:
-            for (seed, began, found), (_, flat_began, flat_found) in zip(rows[method], rows[flat], strict=True):
-                goal = best_by(flat_found, flat_began, seconds)
-                cells = [best_by(found, began, seconds * s) for s in SHARES]
-                shown = [f"{c:.2%}" if c is not None else "-" for c in cells]
-                at = reached(found, began, goal)
-                print(f"| {method} | {seed} | {' | '.join(shown)} | {f'{at / 60:.3g} min' if at else 'no'} |")
-        random = f"hydra.sweeper.sampler.n_startup_trials={args.configs}"  # TPE before it models: random draws
-        for_ranks = ("hparams_search=multifidelity", "hydra.sweeper.fidelity=null", random, "hydra/sweeper/pruner=none")
-        for_ranks += (f"hydra.sweeper.n_trials={args.configs}", *(e for e in extra if "data_size.train" not in e))
-        values = {}
-        for size in ("1k", "20k"):
-            name = f"ranks-{size}"
-            size_args = ("data_size.train=100",) if args.tiny and size == "1k" else (f"data_size.train={size[:-1]}000",)
-            sweep(Path(tmp), 10 * 3600, *for_ranks, *size_args, f"hydra.sweeper.study_name={name}")
-            done = optuna.load_study(study_name=name, storage=storage).trials
-            values[size] = {t.number: t.value for t in done if t.value is not None}
-        both = sorted(set(values["1k"]) & set(values["20k"]))
-        rho = spearman([values["1k"][n] for n in both], [values["20k"][n] for n in both])
-        print(f"\nrank correlation of validation accuracy, 1k against {top} images, {len(both)} random configurations:")
-        print(f"Spearman {rho:.2f}")
+        searches(Path(tmp), args.seeds, args.minutes * 60, sizes[1], extra, small)
+        ranking(Path(tmp), args.configs, sizes, extra)
 
 
 if __name__ == "__main__":
