@@ -4,9 +4,7 @@ member's own state: its config, its seeds, its history and best weights."""
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .data import Splits
+from .epochs import Progress
 from .model import build
 from .precision import autocast, resolve
 from .train import Metrics, measure
@@ -58,25 +57,22 @@ def network_key(cfg: DictConfig) -> str | None:
 
 
 @dataclass
-class Member:
-    """One trial of the stack: its config and, once trained, its metrics and best weights."""
+class Member(Progress):
+    """One trial of the stack: its config, its course through the epochs (as a single run's
+    Progress) and, once trained, its metrics and best weights."""
 
     number: int
     cfg: DictConfig
-    on_epoch: Callable[[int, dict[str, float]], bool] | None = None
     reporter: Any = None  # the sweep's channel to the member's trial (its reason when pruned)
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("mlp_sweep.epochs"))
     # filled in by training
-    history: list[dict[str, float]] = field(default_factory=list)
-    status: str = "ok"
-    best_acc: float = -1.0
-    best_epoch: int = 0
     best: list[torch.Tensor] | None = None  # its unpadded weights of the best epoch, as build() names them
-    train_seconds: float = 0.0
-    images_seen: int = 0
     metrics: Metrics | None = None
     model: nn.Module | None = None
     generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        self.epochs = int(self.cfg.trainer.epochs)
+        self.patience = int(self.cfg.trainer.patience or 0)
 
     def dropout_generator(self, device: torch.device) -> torch.Generator:
         """The member's own stream of dropout masks (it goes with the member when others leave)."""
@@ -104,18 +100,7 @@ class Member:
         self.model = model
         device, t = splits.x_train.device, self.cfg.trainer
         amp = autocast(device, resolve(t.precision, device)[0])
-        return measure(
-            model,
-            splits,
-            t,
-            amp,
-            self.history,
-            self.status,
-            self.best_epoch,
-            start,
-            self.images_seen,
-            self.train_seconds,
-        )
+        return measure(model, splits, t, amp, self, start)
 
     def alone(self, in_features: int, n_classes: int) -> nn.Sequential:
         """The member as a single run builds it (same seed, same initial weights)."""

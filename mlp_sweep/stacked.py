@@ -32,9 +32,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from .data import Splits
+from .epochs import epoch_row, run_epochs
 from .members import Member
 from .precision import autocast, resolve
-from .train import EVAL_BATCH, data_stream, keep_freed_memory, lr_schedule, say_epoch
+from .train import EVAL_BATCH, keep_freed_memory, lr_schedule
 
 log = logging.getLogger(__name__)
 
@@ -273,48 +274,73 @@ def optimizer_step(s: Stack, lr_factor: float) -> None:
 def fit_stream(
     members: list[Member], splits: Splits, trainer: Any, augmentation: Any, stacks: list[list[Member]]
 ) -> None:
-    """Train every stack of one data stream over the same batches; each member's metrics and best
-    model end up on it."""
+    """Train every stack of one data stream over the same batches (the app's one epoch loop, as a
+    single run's); each member's metrics and best model end up on it."""
     start = time.perf_counter()
     device = splits.x_train.device
     keep_freed_memory()
-    n = len(splits.y_train)
-    steps_per_epoch = math.ceil(n / trainer.batch_size)
-    g, batch, mixer = data_stream(splits, trainer, augmentation)  # the same draws as a single run's
-    factor = _lr_factors(trainer, steps_per_epoch)
+    factor = _lr_factors(trainer, math.ceil(len(splits.y_train) / trainer.batch_size))
     amp = autocast(device, resolve(trainer.precision, device)[0])  # bf16 products as a single run's
-    nets = [Stack(group, splits.in_features, splits.n_classes, device) for group in stacks]
     for m in members:
         m.best = None
-    epochs = max(int(m.cfg.trainer.epochs) for m in members)
-    step = 0
-    for epoch in range(1, epochs + 1):
-        nets = [s for s in nets if s.members]
-        if not nets:
-            break
-        t0 = time.perf_counter()
-        sums = [torch.zeros(len(s.members), device=device) for s in nets]
-        correct = [torch.zeros(len(s.members), device=device, dtype=torch.int64) for s in nets]
-        order = torch.randperm(n, device=device, generator=g)
-        for i in range(0, n, trainer.batch_size):
-            idx = order[i : i + trainer.batch_size]
-            xb, yb = batch(idx, g), splits.y_train[idx]
-            xb, target = mixer(xb, yb, g) if mixer.on else (xb, yb)
-            lr_factor = factor(step)
-            for s, loss_sum, right in zip(nets, sums, correct, strict=True):
-                with amp:
-                    logits = s.forward(xb, train=True).float()
-                    losses = member_losses(s, logits, target)
-                losses.sum().backward()
-                optimizer_step(s, lr_factor)
-                loss_sum += losses.detach() * len(idx)
-                right += (logits.detach().argmax(-1) == yb).sum(-1)
-            step += 1
-        seconds = time.perf_counter() - t0
-        for s, loss_sum, right in zip(nets, sums, correct, strict=True):
-            _end_epoch(s, epoch, loss_sum / n, right.float() / n, splits, seconds, n, amp)
+    nets = [
+        Network(Stack(group, splits.in_features, splits.n_classes, device), splits, amp, factor) for group in stacks
+    ]
+    run_epochs(list(nets), splits, trainer, augmentation)
     for m in members:
         m.metrics = m.final(splits, start)
+
+
+class Network:
+    """A stack as a learner of the epoch loop: each batch one forward and backward pass for all its
+    members and one optimizer call each; at an epoch's end each member's epoch is judged on its own
+    and the members that stop leave the network."""
+
+    def __init__(self, stack: Stack, splits: Splits, amp: Any, factor: Callable[[int], float]) -> None:
+        self.stack, self.splits, self.amp, self.factor = stack, splits, amp, factor
+        self.epochs = max(m.epochs for m in stack.members)
+        self.steps = 0  # the schedule's step: every batch, since all members start together
+        self.sums = self.correct = torch.zeros(0)
+
+    @property
+    def running(self) -> bool:
+        return bool(self.stack.members)
+
+    def begin_epoch(self) -> None:
+        k, device = len(self.stack.members), self.splits.x_train.device
+        self.sums = torch.zeros(k, device=device)
+        self.correct = torch.zeros(k, device=device, dtype=torch.int64)
+
+    def step(self, xb: torch.Tensor, target: torch.Tensor, yb: torch.Tensor) -> None:
+        s = self.stack
+        with self.amp:
+            logits = s.forward(xb, train=True).float()
+            losses = member_losses(s, logits, target)
+        losses.sum().backward()
+        optimizer_step(s, self.factor(self.steps))
+        self.steps += 1
+        self.sums += losses.detach() * len(yb)
+        self.correct += (logits.detach().argmax(-1) == yb).sum(-1)
+
+    def end_epoch(self, epoch: int, seconds: float, n: int) -> None:
+        """Validate every member, judge its epoch, keep its best weights; those that stop leave."""
+        s, t0 = self.stack, time.perf_counter()
+        val_loss, val_acc = _evaluate(s, self.splits.x_val, self.splits.y_val, self.amp)
+        took = seconds + time.perf_counter() - t0
+        train_loss, train_acc = (self.sums / n).tolist(), (self.correct.float() / n).tolist()
+        alive = []
+        for i, m in enumerate(s.members):
+            if not m.trained(epoch, train_loss[i], seconds, n):
+                continue
+            row = epoch_row(
+                epoch, (train_loss[i], train_acc[i]), (float(val_loss[i]), float(val_acc[i])), took, seconds, n
+            )
+            improved, goes_on = m.judged(row, f" (network of {len(s.members)})")
+            if improved:
+                m.best = member_weights(s, i)
+            if goes_on:
+                alive.append(i)
+        s.keep(alive)
 
 
 def _lr_factors(trainer: Any, steps_per_epoch: int) -> Callable[[int], float]:
@@ -340,51 +366,3 @@ def _evaluate(s: Stack, x: torch.Tensor, y: torch.Tensor, amp: Any) -> tuple[tor
         loss -= logp.gather(-1, yb.expand(k, -1)[..., None]).squeeze(-1).sum(-1)
         right += (logits.argmax(-1) == yb).sum(-1)
     return loss / len(y), right.double() / len(y)
-
-
-def _end_epoch(
-    s: Stack,
-    epoch: int,
-    train_loss: torch.Tensor,
-    train_acc: torch.Tensor,
-    splits: Splits,
-    seconds: float,
-    n: int,
-    amp: Any,
-) -> None:
-    """Validate every member, keep its best epoch, report it; the members that stop leave."""
-    val_loss, val_acc = _evaluate(s, splits.x_val, splits.y_val, amp)
-    alive = []
-    for i, m in enumerate(s.members):
-        t = m.cfg.trainer
-        m.train_seconds += seconds
-        m.images_seen += n
-        loss = float(train_loss[i])
-        if not math.isfinite(loss):
-            m.status = "diverged"
-            m.log.warning("epoch %d: training loss is %s; stopping, keeping epoch %d", epoch, loss, m.best_epoch)
-            continue
-        row = {
-            "epoch": epoch,
-            "train_loss": loss,
-            "train_acc": float(train_acc[i]),
-            "val_loss": float(val_loss[i]),
-            "val_acc": float(val_acc[i]),
-            "seconds": seconds,
-            "images_per_second": n / seconds,
-        }
-        m.history.append(row)
-        improved = row["val_acc"] > m.best_acc
-        if improved:
-            m.best_acc, m.best_epoch, m.best = row["val_acc"], epoch, member_weights(s, i)
-        say_epoch(m.log, row, int(t.epochs), improved, f" (network of {len(s.members)})")
-        if m.on_epoch is not None and not m.on_epoch(epoch, row):
-            m.status = "pruned"
-            continue
-        if t.patience and epoch - m.best_epoch >= t.patience:
-            m.log.info("early stop: no better val_acc for %d epochs; best epoch %d", t.patience, m.best_epoch)
-            continue
-        if epoch >= int(t.epochs):
-            continue
-        alive.append(i)
-    s.keep(alive)

@@ -19,14 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import Batcher, Mixer
 from .data import Splits
+from .epochs import Progress, epoch_row, run_epochs
 from .model import Projection
 from .precision import autocast as precision_autocast
 from .precision import resolve as resolve_precision
 
 log = logging.getLogger(__name__)
-epoch_log = logging.getLogger("mlp_sweep.epochs")  # one line an epoch; a sweep keeps them in each trial's log file
 
 EVAL_BATCH = 4096  # images per forward pass when evaluating
 
@@ -116,127 +115,69 @@ def fit(
     model.to(device)
     optimizer = make_optimizer(model.parameters())
     schedule = lr_schedule(optimizer, trainer, math.ceil(len(splits.y_train) / trainer.batch_size))
-    precision = resolve_precision(trainer.precision, device)[0]
-    autocast = precision_autocast(device, precision)
-    g, batch, mixer = data_stream(splits, trainer, augmentation)
+    autocast = precision_autocast(device, resolve_precision(trainer.precision, device)[0])
     ema = Averaged(model, float(trainer.ema)) if trainer.get("ema") is not None else None
-    judged = ema.model if ema else model  # what is validated, kept as the best epoch and saved
-
-    best_acc, best_epoch, best_state = -1.0, 0, _snapshot(judged)
-    status, history, train_seconds = "ok", [], 0.0
-    for epoch in range(1, int(trainer.epochs) + 1):
-        t0 = time.perf_counter()
-        train_loss, train_acc = _train_epoch(
-            model, optimizer, schedule, ema, batch, mixer, splits, trainer, autocast, g
-        )
-        epoch_train_seconds = time.perf_counter() - t0
-        train_seconds += epoch_train_seconds
-        if not math.isfinite(train_loss):
-            status = "diverged"
-            log.warning("epoch %d: training loss is %s; stopping, keeping epoch %d", epoch, train_loss, best_epoch)
-            break
-        row = _epoch_row(epoch, train_loss, train_acc, judged, splits, autocast, t0, epoch_train_seconds)
-        history.append(row)
-        improved = row["val_acc"] > best_acc
-        if improved:
-            best_acc, best_epoch, best_state = row["val_acc"], epoch, _snapshot(judged)
-        say_epoch(epoch_log, row, int(trainer.epochs), improved)
-        if on_epoch is not None and not on_epoch(epoch, row):
-            status = "pruned"
-            break
-        if trainer.patience and epoch - best_epoch >= trainer.patience:
-            epoch_log.info("early stop: no better val_acc for %d epochs; best epoch %d", trainer.patience, best_epoch)
-            break
-
-    model.load_state_dict(best_state)  # with trainer.ema, the averaged weights
-    images_seen = len(splits.y_train) * (len(history) + (status == "diverged"))  # every epoch that trained
-    return measure(model, splits, trainer, autocast, history, status, best_epoch, start, images_seen, train_seconds)
+    progress = Progress(epochs=int(trainer.epochs), patience=int(trainer.patience or 0), on_epoch=on_epoch)
+    single = Single(model, optimizer, schedule, ema, autocast, splits, float(trainer.label_smoothing), progress)
+    run_epochs([single], splits, trainer, augmentation)
+    model.load_state_dict(single.best_state)  # with trainer.ema, the averaged weights
+    return measure(model, splits, trainer, autocast, progress, start)
 
 
-def _epoch_row(
-    epoch: int,
-    train_loss: float,
-    train_acc: float,
-    judged: nn.Module,
-    splits: Splits,
-    autocast: Any,
-    t0: float,
-    train_seconds: float,
-) -> dict[str, float]:
-    """An epoch's line of the history: its training figures, validation, and how long it took."""
-    val_loss, val_acc = evaluate(judged, splits.x_val, splits.y_val, autocast)
-    return {
-        "epoch": epoch,
-        "train_loss": train_loss,
-        "train_acc": train_acc,
-        "val_loss": val_loss,
-        "val_acc": val_acc,
-        "seconds": time.perf_counter() - t0,
-        "images_per_second": len(splits.y_train) / train_seconds,
-    }
+class Single:
+    """A single run as a learner of the epoch loop: its model, optimizer, lr schedule and weight
+    average; what it validates and keeps as its best epoch is the average where there is one."""
 
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Any,
+        ema: Averaged | None,
+        autocast: Any,
+        splits: Splits,
+        label_smoothing: float,
+        progress: Progress,
+    ) -> None:
+        self.model, self.optimizer, self.schedule, self.ema, self.autocast = model, optimizer, schedule, ema, autocast
+        self.splits, self.label_smoothing, self.progress = splits, label_smoothing, progress
+        self.judged = ema.model if ema else model  # what is validated, kept as the best epoch and saved
+        self.best_state = _snapshot(self.judged)
+        self.epochs, self.running = progress.epochs, True
+        self.loss_sum = self.correct = torch.zeros(())
 
-def data_stream(splits: Splits, trainer: Any, augmentation: Any) -> tuple[torch.Generator, Batcher, Mixer]:
-    """What draws the training batches: the generator seeded by trainer.seed (batch order and
-    augmentation), the batcher (augmentation) and the mixer (mixup, cutmix)."""
-    g = torch.Generator(device=splits.x_train.device).manual_seed(int(trainer.seed))
-    options = dict(augmentation)
-    mixer = Mixer(options.pop("mixup", 0.0), options.pop("cutmix", 0.0), splits.n_classes, int(trainer.seed))
-    batch = Batcher(splits.x_train, mean=splits.mean, std=splits.std, max_value=splits.max_value, **options)
-    return g, batch, mixer
+    def begin_epoch(self) -> None:
+        device = self.splits.x_train.device
+        self.model.train()
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
 
-
-def _train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Any,
-    ema: Averaged | None,
-    batch: Batcher,
-    mixer: Mixer,
-    splits: Splits,
-    trainer: Any,
-    autocast: Any,
-    g: torch.Generator,
-) -> tuple[float, float]:
-    """One pass over the training split in seeded order; its mean loss and accuracy."""
-    device, n = splits.x_train.device, len(splits.y_train)
-    model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    order = torch.randperm(n, device=device, generator=g)
-    for i in range(0, n, trainer.batch_size):
-        idx = order[i : i + trainer.batch_size]
-        xb, yb = batch(idx, g), splits.y_train[idx]
-        xb, target = mixer(xb, yb, g) if mixer.on else (xb, yb)
-        with autocast:
-            logits = model(xb)
-            loss = F.cross_entropy(logits.float(), target, label_smoothing=trainer.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
+    def step(self, xb: torch.Tensor, target: torch.Tensor, yb: torch.Tensor) -> None:
+        with self.autocast:
+            logits = self.model(xb)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        if schedule is not None:
-            schedule.step()
-        if ema is not None:
-            ema.update(model)
-        loss_sum += loss.detach() * len(idx)
-        correct += (logits.argmax(1) == yb).sum()
-    return loss_sum.item() / n, correct.item() / n
+        self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.loss_sum += loss.detach() * len(yb)
+        self.correct += (logits.argmax(1) == yb).sum()
 
-
-def say_epoch(logger: logging.Logger, row: dict[str, float], epochs: int, improved: bool, note: str = "") -> None:
-    """The epoch's one line (a sweep keeps it in the trial's log file)."""
-    logger.info(
-        "epoch %3d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%%s  %8s img/s%s",
-        row["epoch"],
-        epochs,
-        row["train_loss"],
-        100 * row["train_acc"],
-        row["val_loss"],
-        100 * row["val_acc"],
-        " *" if improved else "  ",
-        f"{row['images_per_second']:,.0f}",
-        note,
-    )
+    def end_epoch(self, epoch: int, seconds: float, n: int) -> None:
+        train_loss = self.loss_sum.item() / n
+        if not self.progress.trained(epoch, train_loss, seconds, n):
+            self.running = False
+            return
+        t0 = time.perf_counter()
+        val = evaluate(self.judged, self.splits.x_val, self.splits.y_val, self.autocast)
+        took = seconds + time.perf_counter() - t0
+        row = epoch_row(epoch, (train_loss, self.correct.item() / n), val, took, seconds, n)
+        improved, self.running = self.progress.judged(row)
+        if improved:
+            self.best_state = _snapshot(self.judged)
 
 
 def measure(
@@ -244,12 +185,8 @@ def measure(
     splits: Splits,
     trainer: Any,
     autocast: Any,
-    history: list[dict[str, float]],
-    status: str,
-    best_epoch: int,
+    progress: Progress,
     start: float,
-    images_seen: int,
-    train_seconds: float,
 ) -> Metrics:
     """A trained model's figures (its best epoch already restored): accuracy on each split under the
     autocast it trained in (its precision is what metrics.json records), with flipped images too
@@ -258,6 +195,7 @@ def measure(
     val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, autocast)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fixed = sum(m.basis.numel() for m in model.modules() if isinstance(m, Projection))
+    history, status, train_seconds = progress.history, progress.status, progress.train_seconds
     n, epochs_run = len(splits.y_train), len(history) + (status == "diverged")
     tta = {}
     if trainer.get("tta"):
@@ -274,12 +212,12 @@ def measure(
         val_acc=val_acc,
         test_acc=evaluate(model, splits.x_test, splits.y_test, autocast)[1],
         val_loss=val_loss,
-        best_epoch=best_epoch,
+        best_epoch=progress.best_epoch,
         epochs_run=epochs_run,
         epochs_planned=int(trainer.epochs),
         status=status,
         seconds=time.perf_counter() - start,
-        images_per_second=images_seen / train_seconds if train_seconds else 0.0,
+        images_per_second=progress.images_seen / train_seconds if train_seconds else 0.0,
         params=params,
         train_images=n,
         train_tflop=(6 * params + 2 * fixed) * n * epochs_run / 1e12,
