@@ -116,7 +116,7 @@ def start(tmp_path, *args, env=None, app=SPHERE):
     proc = subprocess.Popen(
         [sys.executable, str(app), "-m", *args],
         cwd=tmp_path,
-        env=environment(env),
+        env=environment({"PYTHONFAULTHANDLER": "1", **(env or {})}),
         stdout=out,
         stderr=subprocess.STDOUT,
         text=True,
@@ -136,7 +136,21 @@ def output(proc):
 
 
 def finish(proc, timeout):
-    proc.wait(timeout=timeout)
+    """The sweep's output once it has exited. One still running after `timeout` s is a hang: it is
+    sent SIGABRT (start() sets PYTHONFAULTHANDLER, so it prints every thread's stack first), and
+    the test fails with what it printed, instead of leaving the process behind."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # our own child, not yet reaped: the pid is still its
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.log.close()
+        said = output(proc)
+        raise AssertionError(f"the sweep did not exit within {timeout} s; its output and stacks:\n{said}") from None
     proc.log.close()
     return output(proc)
 
