@@ -83,10 +83,11 @@ def bound(precision: str, stack: int, steps: int, tiny: bool) -> str:
     width, features = (64, 64) if tiny else (275, 3072)
     cfg = {
         "model": {"num_layers": 3, "hidden_size": width, "activation": "relu", "dropout": 0.0, "norm": "none"},
-        "trainer": {"seed": 0, "init_seed": None, "label_smoothing": 0.0, "precision": precision, "epochs": 1, "patience": 0},
+        "trainer": {"seed": 0, "init_seed": None, "label_smoothing": 0.0, "precision": precision},
         "optimizer": {"_target_": "torch.optim.Adam", "lr": 1e-3, "weight_decay": 1e-5, "fused": True},
     }
 
+    cfg["trainer"] |= {"epochs": 1, "patience": 0}  # what a Member's course reads
     members = [Member(i, OmegaConf.create(cfg)) for i in range(stack)]
     for i, m in enumerate(members):
         m.cfg.model.hidden_size = width - 8 * i  # stacks mix widths
