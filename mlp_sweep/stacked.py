@@ -286,7 +286,7 @@ def fit_stream(
     nets = [
         Network(Stack(group, splits.in_features, splits.n_classes, device), splits, amp, factor) for group in stacks
     ]
-    run_epochs(list(nets), splits, trainer, augmentation)
+    run_epochs(nets, splits, trainer, augmentation)
     for m in members:
         m.metrics = m.final(splits, start)
 
