@@ -65,6 +65,7 @@ def test_pruning_through_the_joblib_launcher(tmp_path):
         tmp_path,
         *args,
         "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
         "hydra.sweeper.n_jobs=2",
         "optimizer.lr=choice(1e-3,1e-8)",
         "model.hidden_size=32,64,128",
@@ -91,7 +92,9 @@ def test_epochs_are_reported_from_submitit_jobs(tmp_path):
 
 
 def test_an_in_memory_study_with_an_out_of_process_launcher_is_refused(tmp_path):
-    res = sweep(tmp_path, "data=digits", "hydra/launcher=joblib", "hydra.sweeper.storage=null")
+    res = sweep(
+        tmp_path, "data=digits", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.storage=null"
+    )
     assert res.returncode == 2 and "cannot report to it: give a storage" in res.stderr
     res = sweep(tmp_path, "data=digits", "trainer.epochs=3", "hydra.sweeper.storage=null", "hydra.sweeper.n_trials=2")
     assert res.returncode == 0, res.stderr  # in-process jobs report to it directly

@@ -277,13 +277,16 @@ def test_repeats_run_each_trial_with_several_seeds_and_take_their_mean(tmp_path)
     assert "(mean ± std over seeds 0, 1)" in res.stdout
 
 
+JOBLIB_2 = ("hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2")  # two worker processes, whatever the cores
+
+
 def test_mlflow_and_tensorboard_get_each_epochs_metrics_of_every_trial(tmp_path):
     import mlflow  # an extra of the dev install: missing, this fails rather than skips
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     on = ("hydra.sweeper.mlflow=true", "hydra.sweeper.tensorboard=true", "hydra/sweeper/pruner=none")
     # the jobs log from joblib's worker processes, the sweeper from its own
-    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2", *on, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2")
+    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2", *on, "hydra/launcher=joblib", *JOBLIB_2)
     assert res.returncode == 0, res.stderr
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
     experiment = client.get_experiment_by_name("tpe-digits-20k")

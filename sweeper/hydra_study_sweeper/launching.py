@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 
 
 def runs_elsewhere(launcher: Any) -> bool:
-    return launcher_kind(launcher) != "in-process"
+    """Whether the launcher runs a job outside this process. joblib with one worker (n_jobs=1, or -1
+    on a machine or allocation of one core) runs it here, in the calling thread, as the basic
+    launcher does: two at once there would share Hydra's per-process state and fail each other."""
+    kind = launcher_kind(launcher)
+    return kind != "in-process" and not (kind == "joblib" and worker_processes(launcher) == 1)
 
 
 class Launches:
@@ -116,6 +120,12 @@ def worker_processes(launcher: Any) -> int | None:
     return effective_n_jobs(int(launcher.joblib.get("n_jobs", -1) or -1))
 
 
+def usable_cores() -> int:
+    from joblib import cpu_count
+
+    return cpu_count()
+
+
 def ray_init_options(options: dict[str, Any]) -> dict[str, Any]:
     """ray.init's options with what every job needs from the sweeper's environment (a storage URL
     with a password, the MLflow URI: kept out of the jobs' files): Ray tasks on other nodes do not inherit this
@@ -134,13 +144,22 @@ def say_limits(settings: Any, launches: Launches, capacity: int) -> None:
     processes than jobs at once."""
     if settings.stall_timeout and not launches.threaded:
         log.warning(
-            "hydra.sweeper.stall_timeout=%g s is not watched: the basic launcher runs each job in this "
+            "hydra.sweeper.stall_timeout=%g s is not watched: the launcher runs each job in this "
             "process, where a hung job cannot be stopped (use a launcher with processes of its own: joblib, "
             "submitit_local)",
             settings.stall_timeout,
         )
     workers = worker_processes(launches.launcher)
-    if workers is not None and workers < capacity:
+    if workers == 1 and not launches.threaded:
+        log.warning(
+            "joblib has one worker here (hydra.launcher.n_jobs=%s, %d core(s) available), so it runs each "
+            "job in this process: one at a time, with no watchdog; set hydra.launcher.n_jobs=%d for jobs in "
+            "processes of their own",
+            launches.launcher.joblib.get("n_jobs", -1),
+            usable_cores(),
+            max(2, capacity),
+        )
+    elif workers is not None and workers < capacity:
         log.warning(
             "joblib runs %d job(s) at once (hydra.launcher.n_jobs), fewer than hydra.sweeper.n_jobs=%d: "
             "the others wait for a process; set hydra.launcher.n_jobs=%d",

@@ -72,7 +72,15 @@ def gpus_of(tmp_path, name="sphere"):
 
 def gpu_sweep(tmp_path, *args):
     """Two joblib places; each job writes the GPU it was handed into its results.json."""
-    res = sweep(tmp_path, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "results=true", *args, timeout=240)
+    res = sweep(
+        tmp_path,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        "results=true",
+        *args,
+        timeout=240,
+    )
     assert res.returncode == 0, res.stderr
     return (res, *gpus_of(tmp_path))
 

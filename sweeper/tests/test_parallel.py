@@ -28,7 +28,13 @@ pytestmark = pytest.mark.slow
 def test_a_trial_that_ends_frees_its_place_at_once(tmp_path):
     # trial 0 sleeps 6 x 1 s; meanwhile the other place runs trials 1, 2, ... one after another (on a
     # loaded 2-core machine a joblib job's start-up can take a second, hence the margin)
-    args = ("hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=5", "seconds=1")
+    args = (
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=5",
+        "seconds=1",
+    )
     proc = start(tmp_path, *args, app=SPHERE)
     out = finish(proc, 180)
     assert proc.returncode == 0, out
@@ -40,6 +46,18 @@ def test_a_trial_that_ends_frees_its_place_at_once(tmp_path):
     # two quick trials ran one after the other in the other place while the slow one ran (lock-step
     # batches of two would end at most one of them before it)
     assert sum(t.datetime_complete < slow.datetime_complete for t in trials[1:]) >= 2
+
+
+def test_joblib_with_one_worker_runs_each_job_here_one_at_a_time(tmp_path):
+    # joblib with one worker (n_jobs=1, or -1 on one core) runs a job in the calling thread: two such
+    # at once shared Hydra's per-process state, and a job found hydra.runtime.output_dir missing
+    args = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=1", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4")
+    res = sweep(tmp_path, *args, "seconds=0.2", "results=true")
+    assert res.returncode == 0, res.stderr
+    assert "joblib has one worker here (hydra.launcher.n_jobs=1" in res.stdout
+    assert "set hydra.launcher.n_jobs=2 for jobs in processes of their own" in res.stdout
+    assert [t.state for t in study(tmp_path).trials] == [TrialState.COMPLETE] * 4
+    assert len(list((tmp_path / "sweeps" / "sphere").glob("*/results.json"))) == 4
 
 
 def exact_target(url, tmp_path, name, workers=3, n_trials=5):
