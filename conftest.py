@@ -16,6 +16,7 @@ def pytest_configure(config) -> None:
     if not worker or not count or not hasattr(os, "sched_setaffinity"):
         return
     cpus, index, workers = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")), int(count)
-    if workers < 2 or len(cpus) < workers:
+    if workers < 2:
         return
-    os.sched_setaffinity(0, cpus[index % workers :: workers])
+    # as many workers as cores or fewer: each its share; more: each one core, taken in turn
+    os.sched_setaffinity(0, cpus[index::workers] if workers <= len(cpus) else [cpus[index % len(cpus)]])

@@ -194,7 +194,10 @@ def ask(r: Run) -> tuple[optuna.Trial, tuple[str, ...]] | None:
     try:
         overrides = r.shape.configure(trial)
     except Exception as err:  # a custom search space that raises, overlapping keys
-        r.tell(trial.number, Outcome.failed(f"{type(err).__name__}: {err}"), counted=False)
+        if not r.tell(trial.number, Outcome.failed(f"{type(err).__name__}: {err}"), counted=False):
+            # another worker failed it as stale first (this worker's heartbeat lapsed in an outage)
+            log.warning("trial %d was ended by another worker while its parameters were drawn", trial.number)
+            return None
         raise UserError(f"cannot build the trial's parameters: {err}") from None
     r.extras.trial_started(trial, r.plan.space.fixed)
     r.scan = Scan(r.scan.at, r.scan.done, r.scan.others, r.scan.todo - 1, r.scan.stored + 1)

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy
 from hydra_study_sweeper.job import STORAGE_ENV
 from hydra_study_sweeper.launching import ray_init_options
-from hydra_study_sweeper.loop import InFlight, Run, surplus
+from hydra_study_sweeper.loop import InFlight, Run, Scan, ask, surplus
 from hydra_study_sweeper.recovery import SURPLUS, Heartbeat, counts_toward_target
 from hydra_study_sweeper.storage import open_storage
 from optuna.trial import TrialState
@@ -151,6 +151,26 @@ def test_a_trial_asked_after_others_filled_the_target_gives_its_place_back(tmp_p
     assert not counts_toward_target(trials[2]) and late.number not in r.in_flight
     [queued] = [t for t in trials if t.state == TrialState.WAITING]  # the parameters go back to the queue
     assert queued.system_attrs["fixed_params"] == {"x": 1.5} and queued.user_attrs == {"retry_of": 7}
+
+
+def test_a_trial_failed_by_another_worker_while_its_parameters_are_drawn_is_let_go(tmp_path):
+    """The race a server restart made (CI, two workers on PostgreSQL): this worker's heartbeat lapsed
+    in the outage, the other worker failed its new trial as stale while it drew the parameters, and
+    the draw's write was refused. The worker asks again instead of stopping as if the space were bad."""
+    s = optuna.create_study(study_name="taken", storage=f"sqlite:///{tmp_path}/taken.db")
+
+    def configure(trial):  # the other worker ends the trial first; the draw then writes to it
+        optuna.load_study(study_name="taken", storage=f"sqlite:///{tmp_path}/taken.db").tell(
+            trial.number, state=TrialState.FAIL
+        )
+        trial.suggest_float("x", -1, 1)
+
+    plan = SimpleNamespace(n_trials=5, storage=None, make_sampler=lambda _seed: optuna.samplers.RandomSampler(0))
+    shape = SimpleNamespace(configure=configure, forget=lambda number: None)
+    r = Run(None, plan, s, Heartbeat(None, 0), None, shape, 0, scan=Scan(0.0, 0, [], 5, 0))
+    assert ask(r) is None  # not a UserError: nothing is wrong with the space
+    assert not r.in_flight and r.told == 0
+    assert [t.state for t in s.get_trials()] == [TrialState.FAIL]
 
 
 # -- clusters: Ray, SLURM through submitit -------------------------------------------------------
