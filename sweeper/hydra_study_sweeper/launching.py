@@ -120,12 +120,6 @@ def worker_processes(launcher: Any) -> int | None:
     return effective_n_jobs(int(launcher.joblib.get("n_jobs", -1) or -1))
 
 
-def usable_cores() -> int:
-    from joblib import cpu_count
-
-    return cpu_count()
-
-
 def ray_init_options(options: dict[str, Any]) -> dict[str, Any]:
     """ray.init's options with what every job needs from the sweeper's environment (a storage URL
     with a password, the MLflow URI: kept out of the jobs' files): Ray tasks on other nodes do not inherit this
@@ -151,12 +145,14 @@ def say_limits(settings: Any, launches: Launches, capacity: int) -> None:
         )
     workers = worker_processes(launches.launcher)
     if workers == 1 and not launches.threaded:
+        from joblib import cpu_count
+
         log.warning(
             "joblib has one worker here (hydra.launcher.n_jobs=%s, %d core(s) available), so it runs each "
             "job in this process: one at a time, with no watchdog; set hydra.launcher.n_jobs=%d for jobs in "
             "processes of their own",
             launches.launcher.joblib.get("n_jobs", -1),
-            usable_cores(),
+            cpu_count(),
             max(2, capacity),
         )
     elif workers is not None and workers < capacity:

@@ -154,7 +154,7 @@ def test_a_trial_asked_after_others_filled_the_target_gives_its_place_back(tmp_p
 
 
 def test_a_trial_failed_by_another_worker_while_its_parameters_are_drawn_is_let_go(tmp_path):
-    """The race a server restart made (CI, two workers on PostgreSQL): this worker's heartbeat lapsed
+    """The race a server restart made (a local run with -n 4, two workers on PostgreSQL): the heartbeat lapsed
     in the outage, the other worker failed its new trial as stale while it drew the parameters, and
     the draw's write was refused. The worker asks again instead of stopping as if the space were bad."""
     s = optuna.create_study(study_name="taken", storage=f"sqlite:///{tmp_path}/taken.db")
