@@ -101,8 +101,9 @@ def spearman(a: list[float], b: list[float]) -> float:
     return statistics.correlation(ra, rb) if len(a) > 2 else float("nan")
 
 
-def searches(tmp: Path, seeds: list[int], seconds: float, top: int, extra: list, small: dict) -> None:
-    """Each search for `seconds` per seed, then the table of their best top-size accuracy over time."""
+def searches(tmp: Path, seeds: list[int], seconds: float, top: int, extra: list, small: dict, trials: int) -> None:
+    """Each search for `seconds` per seed (or until it has `trials`), then the table of their best
+    top-size accuracy over time."""
     storage, rows = f"sqlite:///{tmp}/bench.db", {m: [] for m in METHODS}
     for seed in seeds:
         for method, preset in METHODS.items():
@@ -110,7 +111,7 @@ def searches(tmp: Path, seeds: list[int], seconds: float, top: int, extra: list,
             names = [f"{name}-20k"] if "staged" in method else [name]  # the staged search's last stage
             study = [
                 f"hydra.sweeper.study_name={name}",
-                *([] if "staged" in method else ["hydra.sweeper.n_trials=1000"]),
+                *([] if "staged" in method else [f"hydra.sweeper.n_trials={trials}"]),
             ]
             overrides = (*preset, *extra, *small.get(method, []), *study, f"hydra.sweeper.sampler.seed={seed}")
             began = sweep(tmp, seconds, *overrides)
@@ -154,9 +155,10 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="digits, seconds (CI): figures meaningless")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data, sizes, extra, small = "cifar10", (1000, 20000), ["data_size=20k"], {}
+    data, sizes, extra, small, trials = "cifar10", (1000, 20000), ["data_size=20k"], {}, 1000
     if args.tiny:
         data, sizes, args.seeds, args.minutes, args.configs = "digits", (100, 900), [0], 0.2, 3
+        trials = 3  # each search ends by itself after 3 configurations, usually before its time is up
         extra = ["data=digits", "trainer.epochs=1", "data_size.train=900"]
         small = {
             "staged (1k, 10k, 20k)": [
@@ -167,7 +169,7 @@ def main() -> None:
         }
     print(f"{data}, {args.minutes:g} minutes a search per sampler seed; best validation accuracy on {sizes[1]} images")
     with tempfile.TemporaryDirectory() as tmp:
-        searches(Path(tmp), args.seeds, args.minutes * 60, sizes[1], extra, small)
+        searches(Path(tmp), args.seeds, args.minutes * 60, sizes[1], extra, small, trials)
         ranking(Path(tmp), args.configs, sizes, extra)
 
 

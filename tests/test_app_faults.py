@@ -1,5 +1,5 @@
-"""Faults of the app's own (digits, real subprocesses): its objective and direction define the study,
-a full disk under its model files, config errors before torch."""
+"""Faults of the app's own, on digits: its objective and direction define the study, a full disk
+under its model files (in a subprocess), config errors before torch (in a fresh interpreter)."""
 
 import subprocess
 import sys
@@ -8,15 +8,15 @@ import pytest
 from optuna.trial import TrialState
 
 from .conftest import run_cli
-from .sweeps import FAST, states, studies, study, sweep
+from .sweeps import FAST, states, studies, study, sweep_here
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_changed_objective_or_direction_is_refused(tmp_path):
-    assert sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2").returncode == 0
+    assert sweep_here(tmp_path, *FAST, "hydra.sweeper.n_trials=2").returncode == 0
     for extra in (("optimized_metric=val_loss",), ("optimized_metric=val_loss", "hydra.sweeper.direction=minimize")):
-        res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=3", *extra)
+        res = sweep_here(tmp_path, *FAST, "hydra.sweeper.n_trials=3", *extra)
         assert res.returncode == 2, res.stderr
         assert "study 'tpe-digits-20k' in sqlite:///outputs/optuna.db was made by another experiment" in res.stderr
         assert "directions: ['maximize'] in the study, ['minimize'] now" in res.stderr
@@ -26,14 +26,14 @@ def test_a_changed_objective_or_direction_is_refused(tmp_path):
 
 
 def test_a_direction_that_contradicts_the_metric_is_refused(tmp_path):
-    res = sweep(tmp_path, *FAST, "optimized_metric=val_loss", "hydra.sweeper.direction=maximize")
+    res = sweep_here(tmp_path, *FAST, "optimized_metric=val_loss", "hydra.sweeper.direction=maximize")
     assert res.returncode == 2
     assert "hydra.sweeper.direction=['maximize'] contradicts optimized_metric=['val_loss']" in res.stderr
     assert studies(tmp_path) == {}
 
 
 def test_a_full_disk_fails_trials_with_the_reason_and_stops_cleanly(tmp_path):
-    assert sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=1").returncode == 0  # the database exists
+    assert sweep_here(tmp_path, *FAST, "hydra.sweeper.n_trials=1").returncode == 0  # the database exists
     common = ("hydra.sweeper.study_name=disk", "model.num_layers=3")
     # 4096-wide layers make a 64 MB model.pt: past the file-size limit, while the database stays below it
     cmd = [sys.executable, "-m", "mlp_sweep", "-m", *FAST, *common, "model.hidden_size=4096,4095,4094"]

@@ -8,8 +8,9 @@ from omegaconf import OmegaConf
 from mlp_sweep.data import PREPARED
 
 from .conftest import CONF, run_cli, write_archive
+from .sweeps import run_here
 
-pytestmark = pytest.mark.slow  # subprocess runs of the CLI
+pytestmark = pytest.mark.slow  # runs of the CLI: as typed, in subprocesses; its refusals in this process
 
 METRIC_KEYS = {
     "train_acc",
@@ -117,45 +118,45 @@ def assert_user_error(res, *fragments):
     ],
 )
 def test_bad_config_is_rejected_before_training(tmp_path, override, fragment):
-    res = run_cli("data=digits", override, cwd=tmp_path)
+    res = run_here(tmp_path, "data=digits", override)
     assert_user_error(res, fragment, "is not allowed")
     assert "epoch" not in res.stdout + res.stderr
 
 
 def test_unknown_optimizer_lists_the_options(tmp_path):
-    res = run_cli("optimizer=adagrad", cwd=tmp_path)
+    res = run_here(tmp_path, "optimizer=adagrad")
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "optimizer/adagrad" in res.stderr and "adamw" in res.stderr
 
 
 def test_unwritable_output_dir(tmp_path):
     (tmp_path / "file").write_text("")
-    res = run_cli("data=digits", f"hydra.run.dir={tmp_path / 'file' / 'run'}", cwd=tmp_path)
+    res = run_here(tmp_path, "data=digits", f"hydra.run.dir={tmp_path / 'file' / 'run'}")
     assert_user_error(res, "hydra.run.dir=", "use a directory you can write to")
 
 
 def test_corrupt_data_file_is_named(tmp_path):
     (tmp_path / PREPARED).write_bytes(b"\x00" * 100)
-    res = run_cli("data_size=1k", cwd=tmp_path, env={"MLP_SWEEP_DATA_DIR": str(tmp_path)})
+    res = run_here(tmp_path, "data_size=1k", env={"MLP_SWEEP_DATA_DIR": str(tmp_path)})
     assert_user_error(res, str(tmp_path / PREPARED), "corrupt")
 
 
 def test_size_beyond_the_data(tmp_path):
     write_archive(tmp_path / "cifar-10-python.tar.gz")  # 100 training images
-    res = run_cli("data_size=1k", cwd=tmp_path, env={"MLP_SWEEP_DATA_DIR": str(tmp_path)})
+    res = run_here(tmp_path, "data_size=1k", env={"MLP_SWEEP_DATA_DIR": str(tmp_path)})
     assert_user_error(res, "data_size.train + data_size.val", "exceeds the 100 training images")
 
 
 def test_missing_data_offline(tmp_path):
-    res = run_cli("data.download=false", cwd=tmp_path, env={"MLP_SWEEP_DATA_DIR": str(tmp_path / "none")})
+    res = run_here(tmp_path, "data.download=false", env={"MLP_SWEEP_DATA_DIR": str(tmp_path / "none")})
     assert_user_error(res, "CIFAR-10 was not found", "data=digits")
 
 
 @pytest.mark.slow
 def test_the_best_trial_reruns_from_its_command_and_from_its_experiment_file(tmp_path):
-    from .sweeps import study, sweep
+    from .sweeps import study, sweep_here
 
-    res = sweep(tmp_path, "data=digits", "trainer.epochs=2", "hydra.sweeper.n_trials=3")
+    res = sweep_here(tmp_path, "data=digits", "trainer.epochs=2", "hydra.sweeper.n_trials=3")
     assert res.returncode == 0, res.stderr
     best = study(tmp_path, "tpe-digits-20k").best_value
     md = (tmp_path / "outputs" / "sweeps" / "tpe-digits-20k" / "summary.md").read_text()

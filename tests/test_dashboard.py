@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli
+from .sweeps import sweep_here
 
-pytestmark = pytest.mark.slow  # subprocess runs of the CLI
+pytestmark = pytest.mark.slow  # a sweep, then the dashboard's server
 
 
 def free_port() -> int:
@@ -31,7 +31,7 @@ def test_dashboard_reads_a_sweeps_study(tmp_path):
     beside = Path(sys.executable).parent / "optuna-dashboard"  # the venv's, even when it is not on PATH
     exe = str(beside) if beside.exists() else shutil.which("optuna-dashboard")
     assert exe, "optuna-dashboard is a dependency of the project and must be installed"
-    res = run_cli("-m", "data=digits", "trainer.epochs=2", "hydra.sweeper.n_trials=3", cwd=tmp_path)
+    res = sweep_here(tmp_path, "data=digits", "trainer.epochs=2", "hydra.sweeper.n_trials=3")
     assert res.returncode == 0, res.stderr
     port = free_port()
     # the README's command

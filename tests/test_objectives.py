@@ -7,13 +7,13 @@ import pytest
 import yaml
 from optuna.study import StudyDirection
 
-from .sweeps import FAST, study, sweep
+from .sweeps import FAST, study, sweep_here
 
 pytestmark = pytest.mark.slow
 
 
 def test_val_loss_is_minimized_and_every_file_names_the_same_best_trial(tmp_path):
-    res = sweep(tmp_path, *FAST, "optimized_metric=val_loss", "hydra.sweeper.n_trials=4")
+    res = sweep_here(tmp_path, *FAST, "optimized_metric=val_loss", "hydra.sweeper.n_trials=4")
     assert res.returncode == 0, res.stderr
     s = study(tmp_path, "tpe-digits-20k")
     assert s.directions == [StudyDirection.MINIMIZE] and s.metric_names == ["val_loss"]
@@ -28,7 +28,7 @@ def test_val_loss_is_minimized_and_every_file_names_the_same_best_trial(tmp_path
 
 
 def test_a_list_of_metrics_is_a_multi_objective_sweep(tmp_path):
-    res = sweep(tmp_path, *FAST, "optimized_metric=[val_acc,params]", "hydra.sweeper.n_trials=5")
+    res = sweep_here(tmp_path, *FAST, "optimized_metric=[val_acc,params]", "hydra.sweeper.n_trials=5")
     assert res.returncode == 0, res.stderr
     s = study(tmp_path, "tpe-digits-20k")
     assert s.directions == [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
@@ -54,5 +54,5 @@ def test_a_list_of_metrics_is_a_multi_objective_sweep(tmp_path):
     ],
 )
 def test_a_bad_metric_list_is_refused(tmp_path, value, message):
-    res = sweep(tmp_path, *FAST, f"optimized_metric={value}")
+    res = sweep_here(tmp_path, *FAST, f"optimized_metric={value}")
     assert res.returncode == 2 and message in res.stderr

@@ -1,12 +1,13 @@
-"""Per-epoch values in Optuna and pruning, on digits in subprocesses: reported from the job's own
-process whatever the launcher, pruned trials recorded as such, artifacts uploaded."""
+"""Per-epoch values in Optuna and pruning, on digits: reported from the job's own process whatever
+the launcher (joblib's and submitit's in subprocesses, the basic launcher's in this one), pruned
+trials recorded as such, artifacts uploaded."""
 
 import json
 
 import pytest
 from optuna.trial import TrialState
 
-from .sweeps import study, sweep
+from .sweeps import study, sweep, sweep_here
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +19,9 @@ PRUNE_EARLY = (
 
 
 def test_intermediate_values_are_the_epochs_of_metrics_json(tmp_path):
-    res = sweep(tmp_path, "data=digits", "trainer.epochs=4", "hydra.sweeper.n_trials=2", "hydra/sweeper/pruner=none")
+    res = sweep_here(
+        tmp_path, "data=digits", "trainer.epochs=4", "hydra.sweeper.n_trials=2", "hydra/sweeper/pruner=none"
+    )
     assert res.returncode == 0, res.stderr
     s = study(tmp_path, "tpe-digits-20k")
     assert s.metric_names == ["val_acc"]
@@ -34,13 +37,13 @@ def test_intermediate_values_are_the_epochs_of_metrics_json(tmp_path):
     log = res.stdout + res.stderr
     assert "epoch   1/4" not in log  # the console shows trials; the epochs stay in each trial's log
     assert "epoch   1/4" in (tmp_path / "outputs" / "sweeps" / s.study_name / "0" / "mlp_sweep.log").read_text()
-    res = sweep(tmp_path, "data=digits", "trainer.epochs=4", "hydra.sweeper.n_trials=3", "verbose=true")
+    res = sweep_here(tmp_path, "data=digits", "trainer.epochs=4", "hydra.sweeper.n_trials=3", "verbose=true")
     assert res.returncode == 0 and "epoch   1/4" in res.stdout + res.stderr
 
 
 def test_a_hopeless_trial_is_pruned_and_counts_toward_the_target(tmp_path):
     args = ("data=digits", "trainer.epochs=8", "trainer.patience=0", *PRUNE_EARLY, "hydra.sweeper.study_name=p")
-    res = sweep(tmp_path, *args, "optimizer.lr=choice(1e-3,1e-8)", "model.hidden_size=32,64,128")
+    res = sweep_here(tmp_path, *args, "optimizer.lr=choice(1e-3,1e-8)", "model.hidden_size=32,64,128")
     assert res.returncode == 0, res.stderr
     trials = study(tmp_path, "p").trials
     assert len(trials) == 6
@@ -96,5 +99,7 @@ def test_an_in_memory_study_with_an_out_of_process_launcher_is_refused(tmp_path)
         tmp_path, "data=digits", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.storage=null"
     )
     assert res.returncode == 2 and "cannot report to it: give a storage" in res.stderr
-    res = sweep(tmp_path, "data=digits", "trainer.epochs=3", "hydra.sweeper.storage=null", "hydra.sweeper.n_trials=2")
+    res = sweep_here(
+        tmp_path, "data=digits", "trainer.epochs=3", "hydra.sweeper.storage=null", "hydra.sweeper.n_trials=2"
+    )
     assert res.returncode == 0, res.stderr  # in-process jobs report to it directly

@@ -14,7 +14,7 @@ from mlp_sweep.members import Member, network_key, stream_key
 from mlp_sweep.model import build
 from mlp_sweep.train import fit
 
-from .sweeps import FAST, studies, study, sweep
+from .sweeps import FAST, studies, study, sweep_here
 
 BASE = ("data=digits", "trainer.epochs=6", "trainer.patience=0", "trainer.precision=fp32")
 MEMBERS = (  # one stream; three networks (2 and 3 layers), other widths, lrs, decays, smoothing, seeds
@@ -138,7 +138,7 @@ def test_what_cannot_be_stacked_is_named(cfg_of):
 @pytest.mark.slow
 def test_a_stacked_sweep_writes_each_trial_what_a_single_run_writes(tmp_path):
     space = ("model.norm=choice(none,batch)", "model.hidden_size=int(interval(20,90))")  # batch norm: trained alone
-    res = sweep(tmp_path, *FAST, "hydra.sweeper.stack=4", "hydra.sweeper.n_trials=6", *space)
+    res = sweep_here(tmp_path, *FAST, "hydra.sweeper.stack=4", "hydra.sweeper.n_trials=6", *space)
     assert res.returncode == 0, res.stderr
     [name] = studies(tmp_path)
     s = study(tmp_path, name)
@@ -167,7 +167,9 @@ def test_a_stacked_sweep_writes_each_trial_what_a_single_run_writes(tmp_path):
 @pytest.mark.slow
 def test_a_staged_search_runs_in_stacks(tmp_path):
     stages = "hydra.sweeper.stages=[{data_size:1k,n_trials:4,keep:0.5},{data_size:10k,n_trials:2}]"
-    res = sweep(tmp_path, "hparams_search=staged", "data=digits", "trainer.epochs=2", "hydra.sweeper.stack=4", stages)
+    res = sweep_here(
+        tmp_path, "hparams_search=staged", "data=digits", "trainer.epochs=2", "hydra.sweeper.stack=4", stages
+    )
     assert res.returncode == 0, res.stderr
     assert "trials 0, 1, 2, 3 train together (stack of 4)" in res.stdout
     assert "trials 0, 1 train together (stack of 2)" in res.stdout  # the second stage's two

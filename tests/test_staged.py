@@ -6,7 +6,7 @@ import pytest
 from hydra_study_sweeper.staged import narrow
 from optuna.trial import TrialState
 
-from .sweeps import study, sweep
+from .sweeps import study, sweep_here
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ def stages(second: int) -> str:
 
 def test_staged_search_narrows_queues_the_best_and_resumes(tmp_path):
     args = ("hparams_search=staged", "data=digits", "trainer.epochs=3")
-    res = sweep(tmp_path, *args, stages(2))
+    res = sweep_here(tmp_path, *args, stages(2))
     assert res.returncode == 0, res.stderr
     first, second = study(tmp_path, "staged-digits-1k"), study(tmp_path, "staged-digits-10k")
     assert len(first.trials) == 6
@@ -42,7 +42,7 @@ def test_staged_search_narrows_queues_the_best_and_resumes(tmp_path):
     assert (report / "stages.png").stat().st_size > 5000
     assert "# Staged search" in res.stdout
 
-    res = sweep(tmp_path, *args, stages(3))  # the first stage is done; the second goes on
+    res = sweep_here(tmp_path, *args, stages(3))  # the first stage is done; the second goes on
     assert res.returncode == 0, res.stderr
     assert "study staged-digits-1k already has 6 of 6 trials: nothing to run" in res.stdout + res.stderr
     assert len(study(tmp_path, "staged-digits-1k").trials) == 6
@@ -66,7 +66,7 @@ def test_narrowing_works_on_the_log_scale_inside_the_original_space():
 
 def test_the_multifidelity_preset_grows_the_training_images_of_the_best_configurations(tmp_path):
     args = ("hparams_search=multifidelity", "data=digits", "trainer.epochs=2", "hydra.sweeper.n_trials=6")
-    res = sweep(tmp_path, *args, "hydra.sweeper.fidelity.min=100", "hydra.sweeper.fidelity.max=900")
+    res = sweep_here(tmp_path, *args, "hydra.sweeper.fidelity.min=100", "hydra.sweeper.fidelity.max=900")
     assert res.returncode == 0, res.stderr
     trials = study(tmp_path, "multifidelity-digits").trials
     assert len(trials) == 6 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}

@@ -1,4 +1,5 @@
-"""End-to-end sweeps in subprocesses on digits: presets, resume, failures, signals, bad spaces."""
+"""End-to-end sweeps on digits: presets, resume, failures, bad spaces. Most run in this process
+(sweep_here); a first run's warnings and the joblib launcher's processes need a subprocess."""
 
 import json
 import subprocess
@@ -17,6 +18,7 @@ from .sweeps import (
     studies,
     study,
     sweep,
+    sweep_here,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -38,7 +40,7 @@ def test_tpe_default_runs_to_target_then_resumes_to_a_larger_one(tmp_path):
     assert "Warning" not in res.stderr, res.stderr
     assert log.count("exceeds the 1437 images of digits") == 1
 
-    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=5")
+    res = sweep_here(tmp_path, *FAST, "hydra.sweeper.n_trials=5")
     assert res.returncode == 0, res.stderr
     s = study(tmp_path, "tpe-digits-20k")
     assert [t.number for t in s.trials] == [0, 1, 2, 3, 4] and states(s.trials) == [TrialState.COMPLETE] * 5
@@ -46,7 +48,7 @@ def test_tpe_default_runs_to_target_then_resumes_to_a_larger_one(tmp_path):
     assert (sweep_dir / "4" / "metrics.json").is_file()
     assert s.trials[3].params != s.trials[0].params  # a rerun continues the search, no replay
 
-    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=5")
+    res = sweep_here(tmp_path, *FAST, "hydra.sweeper.n_trials=5")
     assert res.returncode == 0 and "already has 5 of 5 trials: nothing to run" in res.stdout + res.stderr
     assert len(study(tmp_path, "tpe-digits-20k").trials) == 5
 
@@ -57,7 +59,7 @@ def test_tpe_default_runs_to_target_then_resumes_to_a_larger_one(tmp_path):
 
 
 def test_summary_files_agree_with_the_storage(tmp_path):
-    assert sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=5").returncode == 0
+    assert sweep_here(tmp_path, *FAST, "hydra.sweeper.n_trials=5").returncode == 0
     s = study(tmp_path, "tpe-digits-20k")
     sweep_dir = tmp_path / "outputs" / "sweeps" / "tpe-digits-20k"
     import csv
@@ -77,8 +79,8 @@ def test_summary_files_agree_with_the_storage(tmp_path):
 
 def test_journal_file_storage(tmp_path):
     args = (*FAST, "hydra.sweeper.n_trials=2", "hydra.sweeper.storage=journal:outputs/journal.log")
-    assert sweep(tmp_path, *args).returncode == 0
-    res = sweep(tmp_path, *args)
+    assert sweep_here(tmp_path, *args).returncode == 0
+    res = sweep_here(tmp_path, *args)
     assert res.returncode == 0 and "already has 2 of 2 trials" in res.stdout + res.stderr
     backend = optuna.storages.journal.JournalFileBackend(str(tmp_path / "outputs" / "journal.log"))
     s = optuna.load_study(study_name="tpe-digits-20k", storage=optuna.storages.JournalStorage(backend))
@@ -86,7 +88,7 @@ def test_journal_file_storage(tmp_path):
 
 
 def test_report_command_rebuilds_the_summary_from_the_storage(tmp_path):
-    assert sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2").returncode == 0
+    assert sweep_here(tmp_path, *FAST, "hydra.sweeper.n_trials=2").returncode == 0
     out = tmp_path / "report"
     res = subprocess.run(
         [
@@ -116,14 +118,14 @@ def test_report_command_rebuilds_the_summary_from_the_storage(tmp_path):
 
 
 def test_random_preset(tmp_path):
-    res = sweep(tmp_path, *FAST, "hparams_search=random", "hydra.sweeper.n_trials=2")
+    res = sweep_here(tmp_path, *FAST, "hparams_search=random", "hydra.sweeper.n_trials=2")
     assert res.returncode == 0, res.stderr
     assert "sampler RandomSampler" in res.stdout + res.stderr
     assert states(study(tmp_path, "random-digits-20k").trials) == [TrialState.COMPLETE] * 2
 
 
 def test_grid_preset_runs_six_jobs_with_hydras_basic_sweeper(tmp_path):
-    res = sweep(tmp_path, *FAST, "hparams_search=grid")
+    res = sweep_here(tmp_path, *FAST, "hparams_search=grid")
     assert res.returncode == 0, res.stderr
     [sweep_dir] = (tmp_path / "outputs" / "sweeps" / "grid-digits-20k").iterdir()
     assert sorted(int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit()) == list(range(6))
@@ -139,17 +141,17 @@ def test_grid_preset_runs_six_jobs_with_hydras_basic_sweeper(tmp_path):
 
 
 def test_wide_preset_runs(tmp_path):
-    res = sweep(tmp_path, *FAST, "hparams_search=wide", "hydra.sweeper.n_trials=2")
+    res = sweep_here(tmp_path, *FAST, "hparams_search=wide", "hydra.sweeper.n_trials=2")
     assert res.returncode == 0, res.stderr
     first, second = study(tmp_path, "wide-digits-full").trials
     recipe = {"model.norm": "layer", "model.hidden_size": 1024, "optimizer.lr": 1e-3, "data.whiten_eps": 1.0}
     assert recipe.items() <= first.params.items()  # the zca_mlp recipe is queued first
-    assert sweep(tmp_path, *FAST, "hparams_search=wide", "hydra.sweeper.n_trials=3").returncode == 0
+    assert sweep_here(tmp_path, *FAST, "hparams_search=wide", "hydra.sweeper.n_trials=3").returncode == 0
     assert [t.params == first.params for t in study(tmp_path, "wide-digits-full").trials] == [True, False, False]
 
 
 def test_adhoc_command_line_sweep_is_a_grid_of_its_own(tmp_path):
-    res = sweep(tmp_path, *FAST, "optimizer.lr=1e-3,1e-2", "model.hidden_size=16,32")
+    res = sweep_here(tmp_path, *FAST, "optimizer.lr=1e-3,1e-2", "model.hidden_size=16,32")
     assert res.returncode == 0, res.stderr
     [(name, n)] = studies(tmp_path).items()
     assert name.startswith("adhoc-digits-20k-") and n == 4
@@ -161,14 +163,14 @@ def test_failed_and_diverged_trials_are_recorded_and_tolerated(tmp_path):
     write_archive(tmp_path / "cifar-10-python.tar.gz")  # 100 training images: data_size.train=1000 must fail
     env = {"MLP_SWEEP_DATA_DIR": str(tmp_path)}
     common = ("data=cifar10", "data_size.val=10", "trainer.epochs=1", "hydra.sweeper.study_name=f")
-    res = sweep(tmp_path, *common, "data_size.train=1000,50", env=env)
+    res = sweep_here(tmp_path, *common, "data_size.train=1000,50", env=env)
     assert res.returncode == 0, res.stderr
     trials = {t.params["data_size.train"]: t for t in study(tmp_path, "f").trials}
     assert trials[50].state == TrialState.COMPLETE
     assert trials[1000].state == TrialState.FAIL
     assert "exceeds the 100 training images" in trials[1000].user_attrs["fail_reason"]
 
-    res = sweep(tmp_path, *FAST, "optimizer=sgd", "optimizer.lr=1e-2,1e9", "hydra.sweeper.study_name=d")
+    res = sweep_here(tmp_path, *FAST, "optimizer=sgd", "optimizer.lr=1e-2,1e9", "hydra.sweeper.study_name=d")
     assert res.returncode == 0, res.stderr
     trials = {t.params["optimizer.lr"]: t for t in study(tmp_path, "d").trials}
     assert trials[1e9].state == TrialState.FAIL and trials[1e9].user_attrs["fail_reason"] == "diverged"
@@ -176,7 +178,7 @@ def test_failed_and_diverged_trials_are_recorded_and_tolerated(tmp_path):
 
 
 def test_too_many_failures_stop_the_sweep(tmp_path):
-    res = sweep(tmp_path, *FAST, "optimizer=sgd", "optimizer.lr=1e9,1e10", "hydra.sweeper.max_failure_rate=0")
+    res = sweep_here(tmp_path, *FAST, "optimizer=sgd", "optimizer.lr=1e9,1e10", "hydra.sweeper.max_failure_rate=0")
     assert res.returncode == 1
     assert "more than max_failure_rate=0" in res.stdout + res.stderr
     [(name, n)] = studies(tmp_path).items()
@@ -197,7 +199,7 @@ def test_too_many_failures_stop_the_sweep(tmp_path):
     ],
 )
 def test_bad_search_space_is_rejected_before_any_trial(tmp_path, args, message):
-    res = sweep(tmp_path, *FAST, *args)
+    res = sweep_here(tmp_path, *FAST, *args)
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert message in res.stderr and "Traceback" not in res.stderr
     assert sum(studies(tmp_path).values()) == 0
@@ -205,22 +207,22 @@ def test_bad_search_space_is_rejected_before_any_trial(tmp_path, args, message):
 
 def test_a_conflicting_space_cannot_poison_a_study(tmp_path):
     named = (*FAST, "hydra.sweeper.study_name=s")
-    assert sweep(tmp_path, *named, "model.activation=choice(relu,tanh)").returncode == 0
-    res = sweep(tmp_path, *named, "model.activation=choice(relu,gelu)")
+    assert sweep_here(tmp_path, *named, "model.activation=choice(relu,tanh)").returncode == 0
+    res = sweep_here(tmp_path, *named, "model.activation=choice(relu,gelu)")
     assert (
         res.returncode == 2
         and "model.activation: choice('relu', 'tanh') in the study, choice('relu', 'gelu') now" in res.stderr
     )
-    res = sweep(tmp_path, *named, "model.activation=interval(0,1)")
+    res = sweep_here(tmp_path, *named, "model.activation=interval(0,1)")
     assert res.returncode == 2
     assert studies(tmp_path) == {"s": 2}
-    res = sweep(tmp_path, *named, "model.activation=choice(relu,tanh)")  # the right command still works
+    res = sweep_here(tmp_path, *named, "model.activation=choice(relu,tanh)")  # the right command still works
     assert res.returncode == 0 and "already has 2 of 2" in res.stdout + res.stderr
 
 
 def test_a_trial_past_trial_timeout_stops_and_says_so_in_its_metrics(tmp_path):
     args = ("data=digits", "trainer.epochs=500", "trainer.patience=0", "hydra/sweeper/pruner=none")
-    res = sweep(tmp_path, *args, "hydra.sweeper.trial_timeout=3", "hydra.sweeper.n_trials=1")
+    res = sweep_here(tmp_path, *args, "hydra.sweeper.trial_timeout=3", "hydra.sweeper.n_trials=1")
     [t] = study(tmp_path, "tpe-digits-20k").trials
     assert t.state.name == "FAIL", res.stdout + res.stderr
     assert t.user_attrs["fail_reason"].startswith("timeout: past hydra.sweeper.trial_timeout=3 s at epoch ")
@@ -232,7 +234,7 @@ def test_a_trial_past_trial_timeout_stops_and_says_so_in_its_metrics(tmp_path):
 
 
 def test_optimizers_preset_searches_each_optimizers_own_settings_only_in_its_trials(tmp_path):
-    res = sweep(tmp_path, *FAST, "hparams_search=optimizers", "hydra.sweeper.n_trials=6")
+    res = sweep_here(tmp_path, *FAST, "hparams_search=optimizers", "hydra.sweeper.n_trials=6")
     assert res.returncode == 0, res.stderr
     trials = study(tmp_path, "optimizers-digits-20k").trials
     assert {t.params["optimizer"] for t in trials} >= {"sgd"} and len({t.params["optimizer"] for t in trials}) > 1
@@ -258,14 +260,16 @@ def test_a_conditional_key_is_checked_in_the_config_its_condition_selects(tmp_pa
         "      optimizer: choice(adam, sgd)\n      optimizer.momentun: interval(0.5, 0.9)\n"
         "    conditions:\n      optimizer.momentun: optimizer=sgd\n"
     )
-    res = sweep(tmp_path, *FAST, "--config-dir", str(tmp_path / "conf"), "hparams_search=typo")
+    res = sweep_here(tmp_path, *FAST, "--config-dir", str(tmp_path / "conf"), "hparams_search=typo")
     assert res.returncode == 2
     assert "optimizer.momentun: not a key of the config where optimizer=sgd" in res.stderr
     assert studies(tmp_path) == {}
 
 
 def test_repeats_run_each_trial_with_several_seeds_and_take_their_mean(tmp_path):
-    res = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2", "hydra.sweeper.repeats=2", "hydra/sweeper/pruner=none")
+    res = sweep_here(
+        tmp_path, *FAST, "hydra.sweeper.n_trials=2", "hydra.sweeper.repeats=2", "hydra/sweeper/pruner=none"
+    )
     assert res.returncode == 0, res.stderr
     for t in study(tmp_path, "tpe-digits-20k").trials:
         folder = tmp_path / "outputs" / "sweeps" / "tpe-digits-20k" / str(t.number)

@@ -49,27 +49,41 @@ def run_here(tmp_path, *args, app=SPHERE) -> SimpleNamespace:
     stdout, stderr. A second or less where a subprocess takes several (Python, torch and Optuna
     imported once per test process); for what needs no process of its own (no signals, no second
     worker, no launcher with processes)."""
-    import contextlib
     import importlib.util
     import inspect
-    import io
-    import logging
-
-    from hydra.core.global_hydra import GlobalHydra
 
     spec = importlib.util.spec_from_file_location(f"app_{app.stem}", app)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     task = getattr(module, app.stem)
     inspect.unwrap(task).__module__ = "__main__"  # as when run as a script: Hydra finds conf/ beside it
+    return run_task_here(tmp_path, task, str(app), "-m", *args)
+
+
+def run_task_here(tmp_path, task, argv0: str, *args, env: dict | None = None) -> SimpleNamespace:
+    """A `@hydra.main` task called as `argv0 ARGS` would run it, in this process, in tmp_path, with
+    `env` added to the environment: returncode, stdout, stderr. What a run changes of the process
+    goes back afterwards: the working folder, the environment, the root logger, torch's thread
+    count. Python's warnings go to pytest, not to stderr: what a fresh process warns is a
+    subprocess test's to check."""
+    import contextlib
+    import io
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    torch = sys.modules.get("torch")  # only where something imported it: the sphere app does not
     root = logging.getLogger()
-    handlers, level, argv, cwd, env = root.handlers[:], root.level, sys.argv, os.getcwd(), dict(os.environ)
+    handlers, level, argv, cwd, saved_env = root.handlers[:], root.level, sys.argv, os.getcwd(), dict(os.environ)
+    threads = torch.get_num_threads() if torch else None
     out, err, code = io.StringIO(), io.StringIO(), 0
+
     GlobalHydra.instance().clear()
     try:
         os.environ.pop("HYDRA_FULL_ERROR", None)  # users see Hydra's short errors, so do the tests
+        os.environ.update(env or {})
         os.chdir(tmp_path)
-        sys.argv = [str(app), "-m", *args]
+        sys.argv = [argv0, *args]
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             task()
     except SystemExit as exit_:
@@ -79,9 +93,11 @@ def run_here(tmp_path, *args, app=SPHERE) -> SimpleNamespace:
         sys.argv = argv
         os.chdir(cwd)
         os.environ.clear()
-        os.environ.update(env)  # what the jobs' env_set left behind goes
+        os.environ.update(saved_env)  # what the jobs' env_set left behind goes
         root.handlers[:] = handlers
         root.setLevel(level)
+        if torch and threads:
+            torch.set_num_threads(threads)
     return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 

@@ -11,7 +11,7 @@ import yaml
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
-from .helpers import SPHERE, study, sweep
+from .helpers import SPHERE, run_here, study
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def load(tmp_path, name="sphere"):
 
 
 def test_single_objective_app_needs_no_keys_of_ours(tmp_path):
-    res = sweep(tmp_path)
+    res = run_here(tmp_path)
     assert res.returncode == 0, res.stderr
     study = load(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
@@ -42,7 +42,7 @@ def test_single_objective_app_needs_no_keys_of_ours(tmp_path):
 
 
 def test_multi_objective_app_gets_a_pareto_front(tmp_path):
-    res = sweep(
+    res = run_here(
         tmp_path,
         "mode=pair",
         "hydra.sweeper.direction=[minimize,minimize]",
@@ -74,7 +74,7 @@ def test_multi_objective_app_gets_a_pareto_front(tmp_path):
     ],
 )
 def test_a_bad_return_value_fails_that_trial_with_the_reason(tmp_path, mode, direction, reason):
-    res = sweep(tmp_path, f"mode={mode}", f"hydra.sweeper.direction={direction}", "hydra.sweeper.n_trials=3")
+    res = run_here(tmp_path, f"mode={mode}", f"hydra.sweeper.direction={direction}", "hydra.sweeper.n_trials=3")
     study = load(tmp_path)
     if mode == "single":  # every trial returns one value for two directions: the failure policy stops it
         assert res.returncode == 1 and "more than max_failure_rate" in res.stderr
@@ -86,7 +86,7 @@ def test_a_bad_return_value_fails_that_trial_with_the_reason(tmp_path, mode, dir
 
 
 def test_an_integer_interval_on_the_command_line_goes_to_the_sampler(tmp_path):
-    res = sweep(tmp_path, "x=tag(log, int(interval(1, 400)))", "hydra.sweeper.n_trials=3")
+    res = run_here(tmp_path, "x=tag(log, int(interval(1, 400)))", "hydra.sweeper.n_trials=3")
     assert res.returncode == 0, res.stderr
     out = res.stdout + res.stderr
     assert "target 3 trials, sampler TPESampler" in out
@@ -97,14 +97,14 @@ def test_an_integer_interval_on_the_command_line_goes_to_the_sampler(tmp_path):
 
 
 def test_explicit_value_lists_on_the_command_line_make_a_full_grid(tmp_path):
-    res = sweep(tmp_path, "x=1,2", "y=range(0,3)")
+    res = run_here(tmp_path, "x=1,2", "y=range(0,3)")
     assert res.returncode == 0, res.stderr
     assert "target 6 trials, sampler GridSampler" in res.stdout + res.stderr
 
 
 @pytest.mark.parametrize("value", ["int(interval(1.5, 3))", "tag(log, int(interval(1, 2.5)))"])
 def test_an_integer_interval_needs_integer_bounds(tmp_path, value):
-    res = sweep(tmp_path, f"x={value}")
+    res = run_here(tmp_path, f"x={value}")
     assert res.returncode == 2 and "of an integer interval is not an integer" in res.stderr
     assert not (tmp_path / "sphere.db").exists() or not optuna.get_all_study_summaries(
         f"sqlite:///{tmp_path}/sphere.db"
@@ -112,7 +112,7 @@ def test_an_integer_interval_needs_integer_bounds(tmp_path, value):
 
 
 def test_each_pareto_trial_gets_the_command_that_reruns_it(tmp_path):
-    res = sweep(tmp_path, "mode=pair", "hydra.sweeper.direction=[minimize,minimize]", "hydra.sweeper.n_trials=6")
+    res = run_here(tmp_path, "mode=pair", "hydra.sweeper.direction=[minimize,minimize]", "hydra.sweeper.n_trials=6")
     assert res.returncode == 0, res.stderr
     md = (tmp_path / "sweeps" / "sphere" / "summary.md").read_text()
     commands = [line.split("`")[1] for line in md.splitlines() if "Rerun as a single run: `" in line]
@@ -133,7 +133,7 @@ def test_each_pareto_trial_gets_the_command_that_reruns_it(tmp_path):
 
 def test_a_trial_past_trial_timeout_fails_with_its_last_value_and_the_sweep_goes_on(tmp_path):
     args = ("steps=60", "step_seconds=0.05", "hydra.sweeper.trial_timeout=1", "hydra.sweeper.max_failure_rate=1")
-    res = sweep(tmp_path, *args, "hydra.sweeper.n_trials=2")
+    res = run_here(tmp_path, *args, "hydra.sweeper.n_trials=2")
     trials = study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.FAIL] * 2, res.stdout + res.stderr
     for t in trials:
@@ -145,20 +145,20 @@ def test_a_trial_past_trial_timeout_fails_with_its_last_value_and_the_sweep_goes
 
 
 def test_no_trial_starts_after_the_sweep_timeout_and_a_rerun_goes_on(tmp_path):
-    res = sweep(tmp_path, "seconds=0.5", "hydra.sweeper.timeout=2", "hydra.sweeper.n_trials=20")
+    res = run_here(tmp_path, "seconds=0.5", "hydra.sweeper.timeout=2", "hydra.sweeper.n_trials=20")
     assert res.returncode == 0, res.stderr
     assert "time limit hydra.sweeper.timeout=2 s reached: no new trial starts" in res.stdout
     trials = study(tmp_path).trials  # trial 0 takes 3 s (six times the others): nothing starts after it
     assert [t.state for t in trials] == [TrialState.COMPLETE]
     assert (tmp_path / "sweeps" / "sphere" / "summary.md").is_file()
-    res = sweep(tmp_path, "seconds=0.5", "hydra.sweeper.timeout=60", "hydra.sweeper.n_trials=3")
+    res = run_here(tmp_path, "seconds=0.5", "hydra.sweeper.timeout=60", "hydra.sweeper.n_trials=3")
     assert res.returncode == 0, res.stderr
     assert [t.state for t in study(tmp_path).trials] == [TrialState.COMPLETE] * 3
 
 
 def test_bad_time_limits_are_refused(tmp_path):
     bad = ("hydra.sweeper.timeout=0", "hydra.sweeper.trial_timeout=-3", "hydra.sweeper.outage_timeout=-1")
-    res = sweep(tmp_path, *bad)
+    res = run_here(tmp_path, *bad)
     assert res.returncode == 2
     assert "hydra.sweeper.timeout=0.0 is not allowed: use seconds > 0, or null for no limit" in res.stderr
     assert "hydra.sweeper.trial_timeout=-3.0 is not allowed" in res.stderr

@@ -6,7 +6,7 @@ from hydra_study_sweeper.conditions import Condition, order, parse
 from hydra_study_sweeper.errors import UserError
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from .helpers import run_here, study, sweep
+from .helpers import run_here, study
 
 SEARCHED = {
     "optimizer": CategoricalDistribution(["adam", "sgd"]),
@@ -67,7 +67,7 @@ def test_a_grid_cannot_walk_conditional_parameters(tmp_path):
     res = run_here(tmp_path, "x=-1,1", "y=0,1", '+hydra.sweeper.conditions.x="y=1"')
     assert res.returncode == 2
     assert "conditional parameters (hydra.sweeper.conditions) cannot be walked as a grid" in res.stderr
-    res = sweep(
+    res = run_here(
         tmp_path, "hydra/sweeper/sampler=grid", "x=choice(-1,1)", "y=choice(0,1)", '+hydra.sweeper.conditions.x="y=1"'
     )
     assert res.returncode == 2, res.stdout

@@ -1,5 +1,6 @@
-"""Faults injected on purpose (the sphere app, real subprocesses and signals): one study is one experiment,
-nothing is lost, nothing is left RUNNING, nothing hangs."""
+"""Faults injected on purpose (the sphere app; real subprocesses where a fault needs a process of its
+own: signals, a second worker, a file size limit): one study is one experiment, nothing is lost,
+nothing is left RUNNING, nothing hangs."""
 
 import hashlib
 import signal
@@ -19,6 +20,7 @@ from .helpers import (
     finish,
     no_running,
     output,
+    run_here,
     start,
     states,
     studies,
@@ -35,8 +37,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_changed_direction_is_refused(tmp_path):
-    assert sweep(tmp_path, "hydra.sweeper.n_trials=2").returncode == 0
-    res = sweep(tmp_path, "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=maximize")
+    assert run_here(tmp_path, "hydra.sweeper.n_trials=2").returncode == 0
+    res = run_here(tmp_path, "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=maximize")
     assert res.returncode == 2, res.stderr
     assert "study 'sphere' in sqlite:///sphere.db was made by another experiment" in res.stderr
     assert "directions: ['minimize'] in the study, ['maximize'] now" in res.stderr
@@ -46,18 +48,18 @@ def test_a_changed_direction_is_refused(tmp_path):
 
 def test_a_changed_fixed_configuration_is_another_experiment(tmp_path):
     adhoc = ("x=0.5,1.0",)
-    assert sweep(tmp_path, *adhoc).returncode == 0
-    res = sweep(tmp_path, *adhoc, "steps=2")
+    assert run_here(tmp_path, *adhoc).returncode == 0
+    res = run_here(tmp_path, *adhoc, "steps=2")
     assert res.returncode == 0, res.stderr
     assert "nothing to run" not in res.stdout + res.stderr
     assert sorted(studies(tmp_path).values()) == [2, 2]  # an ad-hoc sweep: a study of its own
 
     named = ("hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=p", "hydra.sweeper.identity_ignore=[seconds]")
-    assert sweep(tmp_path, *named, "steps=2").returncode == 0
-    res = sweep(tmp_path, *named, "steps=3")
+    assert run_here(tmp_path, *named, "steps=2").returncode == 0
+    res = run_here(tmp_path, *named, "steps=3")
     assert res.returncode == 2
     assert "steps: 2 in the study, 3 now" in res.stderr
-    res = sweep(tmp_path, *named, "steps=2", "seconds=0.01")  # not part of the experiment
+    res = run_here(tmp_path, *named, "steps=2", "seconds=0.01")  # not part of the experiment
     assert res.returncode == 0 and "already has 2 of 2 trials" in res.stdout + res.stderr
     attrs = study(tmp_path, "p").user_attrs
     assert attrs["fixed.steps"] == "2" and "command" in attrs
@@ -65,25 +67,25 @@ def test_a_changed_fixed_configuration_is_another_experiment(tmp_path):
 
 
 def test_a_changed_range_is_refused_unless_widened_on_purpose(tmp_path):
-    assert sweep(tmp_path, "hydra.sweeper.n_trials=2").returncode == 0
+    assert run_here(tmp_path, "hydra.sweeper.n_trials=2").returncode == 0
     moved = ("hydra.sweeper.n_trials=3", "hydra.sweeper.params.x='interval(-1,3)'")
-    res = sweep(tmp_path, *moved)
+    res = run_here(tmp_path, *moved)
     assert res.returncode == 2, res.stderr
     assert "x: float interval [-2.0, 2.0] in the study, float interval [-1.0, 3.0] now" in res.stderr
     assert "allow_widening" in res.stderr
-    res = sweep(tmp_path, *moved, "hydra.sweeper.allow_widening=true")  # moved, not widened: refused still
+    res = run_here(tmp_path, *moved, "hydra.sweeper.allow_widening=true")  # moved, not widened: refused still
     assert res.returncode == 2 and "x: float interval" in res.stderr
-    res = sweep(tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.params.y='choice(0,1)'")  # narrowed
+    res = run_here(tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.params.y='choice(0,1)'")  # narrowed
     assert res.returncode == 2 and "y: choice(-1, 0, 1) in the study, choice(0, 1) now" in res.stderr
     assert len(study(tmp_path).trials) == 2
 
     wider = ("hydra.sweeper.n_trials=4", "hydra.sweeper.params.x='interval(-3,3)'", "hydra.sweeper.allow_widening=true")
-    res = sweep(tmp_path, *wider)
+    res = run_here(tmp_path, *wider)
     assert res.returncode == 0, res.stderr
     s = study(tmp_path)
     assert len(s.trials) == 4
     assert "[-2.0, 2.0] in the study, float interval [-3.0, 3.0] now" in s.user_attrs["widened.x"]
-    res = sweep(tmp_path, "hydra.sweeper.n_trials=5", "hydra.sweeper.params.x='interval(-3,3)'")
+    res = run_here(tmp_path, "hydra.sweeper.n_trials=5", "hydra.sweeper.params.x='interval(-3,3)'")
     assert res.returncode == 0, res.stderr  # the widened range is now the study's
 
 
@@ -137,7 +139,7 @@ def test_a_file_where_a_trial_folder_goes_fails_that_trial_only(tmp_path):
     folder = tmp_path / "sweeps" / "blocked"
     folder.mkdir(parents=True)
     (folder / "1").write_text("not a folder")
-    res = sweep(tmp_path, "hydra.sweeper.n_trials=3", "hydra.sweeper.study_name=blocked")
+    res = run_here(tmp_path, "hydra.sweeper.n_trials=3", "hydra.sweeper.study_name=blocked")
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     trials = study(tmp_path, "blocked").trials
@@ -223,11 +225,11 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
 def test_a_torn_journal_record_is_repaired_and_a_damaged_one_refused(tmp_path):
     journal = tmp_path / "journal.log"
     args = (f"hydra.sweeper.storage=journal:{journal}",)
-    assert sweep(tmp_path, *args, "hydra.sweeper.n_trials=2").returncode == 0
+    assert run_here(tmp_path, *args, "hydra.sweeper.n_trials=2").returncode == 0
     intact = journal.read_bytes()
     with open(journal, "ab") as f:
         f.write(b'{"op_code": 5, "worker_id": "x", "trial_id": 1, "us')  # a writer killed mid-record
-    res = sweep(tmp_path, *args, "hydra.sweeper.n_trials=3")
+    res = run_here(tmp_path, *args, "hydra.sweeper.n_trials=3")
     assert res.returncode == 0, res.stderr
     log = res.stdout + res.stderr
     assert f"the journal {journal} ended in a torn record at byte {len(intact)}" in log
@@ -239,12 +241,12 @@ def test_a_torn_journal_record_is_repaired_and_a_damaged_one_refused(tmp_path):
 
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(b"".join([*lines[:3], b"{garbage\n", *lines[3:]]))
-    res = sweep(tmp_path, *args, "hydra.sweeper.n_trials=4")
+    res = run_here(tmp_path, *args, "hydra.sweeper.n_trials=4")
     assert res.returncode == 2 and f"the journal {journal} has a damaged record at byte" in res.stderr
 
 
 def test_a_malformed_sqlite_file_is_refused_untouched(tmp_path):
-    assert sweep(tmp_path, "hydra.sweeper.n_trials=1").returncode == 0
+    assert run_here(tmp_path, "hydra.sweeper.n_trials=1").returncode == 0
     db = tmp_path / "sphere.db"
     with sqlite3.connect(db) as connection:  # fold the write-ahead log into the file
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -252,7 +254,7 @@ def test_a_malformed_sqlite_file_is_refused_untouched(tmp_path):
     data[len(data) // 2 : len(data) // 2 + 2000] = b"\xa5" * 2000
     db.write_bytes(bytes(data))
     before = hashlib.sha256(db.read_bytes()).hexdigest()
-    res = sweep(tmp_path, "hydra.sweeper.n_trials=2")
+    res = run_here(tmp_path, "hydra.sweeper.n_trials=2")
     assert res.returncode == 2, res.stdout
     assert str(db) in res.stderr and ".recover" in res.stderr and "Traceback" not in res.stderr
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
@@ -260,8 +262,8 @@ def test_a_malformed_sqlite_file_is_refused_untouched(tmp_path):
 
 def test_a_study_whose_trials_all_failed_says_so_and_exits_non_zero(tmp_path):
     args = ("mode=raise_all", "x=1.0,2.0", "hydra.sweeper.max_failure_rate=1", "hydra.sweeper.study_name=bad")
-    assert sweep(tmp_path, *args).returncode == 0
-    res = sweep(tmp_path, *args)
+    assert run_here(tmp_path, *args).returncode == 0
+    res = run_here(tmp_path, *args)
     assert res.returncode == 1
     assert "already has 2 of 2 trials, and all of them failed (RuntimeError: this task always fails)" in res.stderr
 
@@ -291,7 +293,7 @@ def test_a_storage_whose_disk_is_full_is_named_at_start_and_mid_sweep_and_a_reru
     kept = [t.number for t in study(tmp_path).trials if t.state == TrialState.COMPLETE]
     assert kept
 
-    res = sweep(tmp_path, "hydra.sweeper.n_trials=20")  # with room again
+    res = run_here(tmp_path, "hydra.sweeper.n_trials=20")  # with room again
     assert res.returncode == 0, res.stderr
     trials = study(tmp_path).trials
     assert [t.number for t in trials if t.state == TrialState.COMPLETE][: len(kept)] == kept  # nothing lost
@@ -307,21 +309,21 @@ def test_ctrl_c_fails_in_flight_trial_exits_130_and_resumes(tmp_path):
     [t0, queued] = study(tmp_path, "long").trials
     assert t0.state == TrialState.FAIL and t0.user_attrs["fail_reason"] == "interrupted"
     assert queued.state == TrialState.WAITING and queued.user_attrs["retry_of"] == 0
-    res = sweep(tmp_path, *LONG, "hydra.sweeper.n_trials=1")  # the same command resumes
+    res = run_here(tmp_path, *LONG, "hydra.sweeper.n_trials=1")  # the same command resumes
     assert res.returncode == 0, res.stderr
     [t0, t1] = study(tmp_path, "long").trials
     assert t1.state == TrialState.COMPLETE and t1.params == t0.params
 
 
 def test_killed_sweep_leaves_a_stale_trial_that_is_failed_and_rerun(tmp_path):
-    assert sweep(tmp_path, *LONG, *BEAT, "hydra.sweeper.n_trials=1").returncode == 0
+    assert run_here(tmp_path, *LONG, *BEAT, "hydra.sweeper.n_trials=1").returncode == 0
     before = study(tmp_path, "long").trials[0]
     proc = start(tmp_path, *LONG, *BEAT, "hydra.sweeper.n_trials=2")
     wait_running(tmp_path, "long", 1, proc)
     proc.kill()
     proc.wait(timeout=30)
     assert study(tmp_path, "long").trials[1].state == TrialState.RUNNING  # what SIGKILL leaves behind
-    res = sweep(tmp_path, *LONG, *BEAT, "hydra.sweeper.n_trials=2")
+    res = run_here(tmp_path, *LONG, *BEAT, "hydra.sweeper.n_trials=2")
     assert res.returncode == 0, res.stderr
     t0, t1, t2 = study(tmp_path, "long").trials
     assert (t0.state, t0.value, t0.params, t0.datetime_complete) == (

@@ -8,7 +8,7 @@ import pytest
 from hydra_study_sweeper.errors import UserError
 from hydra_study_sweeper.gpus import Slots, slots, visible
 
-from .helpers import study, sweep
+from .helpers import run_here, study, sweep
 
 
 class JoblibLauncher:  # stand-ins named as the launchers the sweeper tells apart
@@ -109,7 +109,7 @@ def test_fewer_gpu_slots_than_n_jobs_run_fewer_jobs_at_once(tmp_path):
 
 
 def test_bad_gpu_settings_are_refused_before_anything_runs(tmp_path):
-    res = sweep(tmp_path, "hydra.sweeper.gpus=many", "hydra.sweeper.trials_per_gpu=0")
+    res = run_here(tmp_path, "hydra.sweeper.gpus=many", "hydra.sweeper.trials_per_gpu=0")
     assert res.returncode == 2
     assert "hydra.sweeper.gpus='many' is not allowed: use auto, null, or a list of GPU ids" in res.stderr
     assert "hydra.sweeper.trials_per_gpu=0 is not allowed: use an integer >= 1, or null" in res.stderr

@@ -7,7 +7,7 @@ import pytest
 from hydra_study_sweeper.rungs import geometric, result_step
 from optuna.trial import TrialState
 
-from .helpers import BEAT, run_here, start, study, sweep, wait_until
+from .helpers import BEAT, run_here, start, study, wait_until
 
 RUNGS = ("hydra.sweeper.fidelity={key: steps, rungs: [1, 3, 9], eta: 3}",)
 
@@ -76,7 +76,7 @@ def test_epoch_reports_inside_a_rung_are_stored_after_the_earlier_rungs(tmp_path
 
 
 def test_bad_fidelity_settings_are_refused_before_anything_runs(tmp_path):
-    res = sweep(tmp_path, "hydra.sweeper.fidelity={key: steps, rungs: [9, 3], eta: 1}", "hydra.sweeper.repeats=2")
+    res = run_here(tmp_path, "hydra.sweeper.fidelity={key: steps, rungs: [9, 3], eta: 1}", "hydra.sweeper.repeats=2")
     assert res.returncode != 0
     assert "hydra.sweeper.fidelity.eta=1 is not allowed" in res.stderr
     assert "hydra.sweeper.fidelity.rungs=[9, 3] is not allowed" in res.stderr
@@ -128,7 +128,7 @@ def test_a_rerun_after_sigkill_mid_rung_goes_on_at_that_rung(tmp_path):
     wait_until(lambda: rung1.is_file() and "step 2 of" in rung1.read_text(), proc, "trial 0 at rung 1")
     proc.kill()
     proc.wait(timeout=30)
-    res = sweep(tmp_path, *args, "hydra.sweeper.n_trials=1")
+    res = run_here(tmp_path, *args, "hydra.sweeper.n_trials=1")
     assert res.returncode == 0, res.stderr
     killed, retry = study(tmp_path).trials
     assert killed.state == TrialState.FAIL and retry.user_attrs["retry_of"] == 0
@@ -169,5 +169,5 @@ def test_an_epoch_pruner_inside_a_rung_sees_that_rung_alone_with_its_warm_up():
 
 
 def test_a_pruner_that_marks_epochs_is_refused_inside_rungs(tmp_path):
-    res = sweep(tmp_path, *RUNGS, "hydra/sweeper/pruner=successive_halving")
+    res = run_here(tmp_path, *RUNGS, "hydra/sweeper/pruner=successive_halving")
     assert res.returncode != 0 and "inside fidelity rungs use median, percentile or none" in res.stderr

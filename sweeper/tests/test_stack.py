@@ -61,7 +61,7 @@ def test_an_interrupted_stack_queues_every_member_again_and_resumes_to_the_targe
     assert [t.state for t in trials[:3]] == [TrialState.FAIL] * 3
     assert [t.state for t in trials[3:]] == [TrialState.WAITING] * 3
     assert sorted(t.user_attrs["retry_of"] for t in trials[3:]) == [0, 1, 2]
-    res = sweep(tmp_path, *args)
+    res = run_here(tmp_path, *args)
     assert res.returncode == 0, res.stderr
     trials = study(tmp_path, "long").trials
     assert len(trials) == 6 and [t.state for t in trials[3:]] == [TrialState.COMPLETE] * 3
@@ -110,7 +110,7 @@ def test_a_killed_stack_leaves_stale_members_that_a_rerun_fails_and_runs_again(t
     proc.kill()
     proc.wait(timeout=30)
     assert [t.state for t in study(tmp_path, "long").trials] == [TrialState.RUNNING] * 2  # what SIGKILL leaves
-    res = sweep(tmp_path, *args)
+    res = run_here(tmp_path, *args)
     assert res.returncode == 0, res.stderr
     t0, t1, t2, t3 = study(tmp_path, "long").trials
     assert [t0.user_attrs["fail_reason"], t1.user_attrs["fail_reason"]] == ["stale", "stale"]

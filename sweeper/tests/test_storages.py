@@ -18,7 +18,7 @@ import pytest
 from hydra_study_sweeper.storage import open_storage
 from hydra_study_sweeper.urls import masked
 
-from .helpers import SPHERE, sweep
+from .helpers import SPHERE, run_here, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -56,9 +56,9 @@ def study_name():
 def test_a_sweep_on_a_server_storage_runs_and_resumes(tmp_path, kind, study_name):
     url = server(kind)
     args = (f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={study_name}", "hydra.sweeper.n_trials=2")
-    res = sweep(tmp_path, *args)
+    res = run_here(tmp_path, *args)
     assert res.returncode == 0, res.stderr
-    res = sweep(tmp_path, *args)
+    res = run_here(tmp_path, *args)
     assert res.returncode == 0 and "already has 2 of 2 trials" in res.stdout + res.stderr
     trials = optuna.load_study(study_name=study_name, storage=open_storage(url, 10, None)).trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
@@ -143,7 +143,7 @@ def test_a_server_that_never_answers_fails_within_a_bounded_time(tmp_path):
     ],
 )
 def test_bad_urls_and_missing_drivers_are_named(tmp_path, url, message):
-    res = sweep(tmp_path, f"hydra.sweeper.storage={url}")
+    res = run_here(tmp_path, f"hydra.sweeper.storage={url}")
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
 
@@ -151,7 +151,7 @@ def test_bad_urls_and_missing_drivers_are_named(tmp_path, url, message):
 def test_a_storage_path_through_a_file_is_named(tmp_path):
     (tmp_path / "afile").write_text("a file, not a folder")
     for url in (f"sqlite:///{tmp_path}/afile/sub/x.db", f"journal:{tmp_path}/afile/sub/x.log"):
-        res = sweep(tmp_path, f"hydra.sweeper.storage={url}")
+        res = run_here(tmp_path, f"hydra.sweeper.storage={url}")
         assert res.returncode == 2, res.stderr
         assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert f"hydra.sweeper.storage='{url}': cannot make the folder {tmp_path}/afile/sub" in res.stderr
