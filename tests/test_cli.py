@@ -55,8 +55,8 @@ def test_the_saved_model_holds_the_averaged_weights_and_tta_is_in_the_metrics(tm
     runs = {}
     for name, extra in (("ema", ("trainer.ema=0.9", "trainer.tta=true")), ("raw", ())):
         out = tmp_path / name
-        res = run_cli(
-            "data=digits", "trainer.epochs=3", "trainer.patience=0", f"hydra.run.dir={out}", *extra, cwd=tmp_path
+        res = run_here(
+            tmp_path, "data=digits", "trainer.epochs=3", "trainer.patience=0", f"hydra.run.dir={out}", *extra
         )
         assert res.returncode == 0, res.stderr
         runs[name] = (check_run_dir(out, 3), torch.load(out / "model.pt"), res.stdout + res.stderr)
@@ -75,25 +75,25 @@ def test_the_saved_model_holds_the_averaged_weights_and_tta_is_in_the_metrics(tm
 
 
 def test_default_output_dir_is_under_outputs_of_the_launch_dir(tmp_path):
-    res = run_cli("data=digits", "trainer.epochs=1", "save_model=false", cwd=tmp_path)
+    res = run_here(tmp_path, "data=digits", "trainer.epochs=1", "save_model=false")
     assert res.returncode == 0, res.stderr
     [metrics_file] = (tmp_path / "outputs").glob("*/*/metrics.json")
     assert not (metrics_file.parent / "model.pt").exists()
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):
-    res = run_cli("--cfg", "job", "model.hidden_size=123", cwd=tmp_path)
+    res = run_here(tmp_path, "--cfg", "job", "model.hidden_size=123")
     assert res.returncode == 0 and "hidden_size: 123" in res.stdout
 
 
 def test_short_run_on_real_cifar10(tmp_path, cifar_dir):
     out = tmp_path / "run"
-    res = run_cli(
+    res = run_here(
+        tmp_path,
         "data_size=1k",
         "trainer.epochs=2",
         "augment=flip_crop",
         f"hydra.run.dir={out}",
-        cwd=tmp_path,
         env={"MLP_SWEEP_DATA_DIR": str(cifar_dir)},
     )
     assert res.returncode == 0, res.stderr
