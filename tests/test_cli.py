@@ -10,7 +10,7 @@ from mlp_sweep.data import PREPARED
 from .conftest import CONF, run_cli, write_archive
 from .sweeps import run_here
 
-pytestmark = pytest.mark.slow  # runs of the CLI: as typed, in subprocesses; its refusals in this process
+pytestmark = pytest.mark.slow  # runs of the CLI: one as typed and the reruns in subprocesses, the rest in this process
 
 METRIC_KEYS = {
     "train_acc",
