@@ -3,6 +3,8 @@
     python benchmarks/multifidelity.py                      # 2 sampler seeds x 20 minutes a method
     python benchmarks/multifidelity.py --seeds 0 1 2 --minutes 40
     python benchmarks/multifidelity.py --minutes 4 --seeds 0 --configs 10   # a short look
+    python benchmarks/multifidelity.py --seeds 0 --methods flat mf --configs 0 \
+        --variant "min 3k" hydra.sweeper.fidelity.min=3000     # (c) beside (c) with other settings
     python benchmarks/multifidelity.py --tiny               # digits, seconds (CI): figures meaningless
 
 Three searches over the course's broad space (four activations, 1-5 layers, width 50-1000, lr and
@@ -11,7 +13,9 @@ weight decay over their decades), each for the same wall time per sampler seed, 
 stages), (c) `hparams_search=multifidelity` (rungs of 1k, 3k, 9k and 20k images). Each is stopped
 by SIGTERM (handled like Ctrl-C) when its time is up. Printed: the best validation accuracy on 20k
 images each had found after 1/8, 1/4, 1/2 and all of its time (2.5, 5, 10, 20 minutes by
-default), and when it first reached (a)'s best of the whole time.
+default), and when it first reached (a)'s best of the whole time. `--methods` runs some of the
+three (flat TPE always: it sets the goal); each `--variant LABEL OVERRIDE...` adds a row, (c) with
+those overrides, so that settings of the multi-fidelity search are compared in one run.
 
 Then whether successive halving can pay here at all: the Spearman correlation between validation
 accuracy on 1k and on 20k images of the same random configurations (--configs, random sampler, no
@@ -31,10 +35,10 @@ from pathlib import Path
 
 import optuna
 
-METHODS = {
-    "flat TPE, 20k, median pruner": ("hparams_search=multifidelity", "hydra.sweeper.fidelity=null"),
-    "staged (1k, 10k, 20k)": ("hparams_search=staged",),
-    "multi-fidelity (1k..20k)": ("hparams_search=multifidelity",),
+METHODS = {  # short name: (the row's label, the sweep's overrides)
+    "flat": ("flat TPE, 20k, median pruner", ("hparams_search=multifidelity", "hydra.sweeper.fidelity=null")),
+    "staged": ("staged (1k, 10k, 20k)", ("hparams_search=staged",)),
+    "mf": ("multi-fidelity (1k..20k)", ("hparams_search=multifidelity",)),
 }
 SHARES = (1 / 8, 1 / 4, 1 / 2, 1)
 
@@ -101,26 +105,34 @@ def spearman(a: list[float], b: list[float]) -> float:
     return statistics.correlation(ra, rb) if len(a) > 2 else float("nan")
 
 
-def searches(tmp: Path, seeds: list[int], seconds: float, top: int, extra: list, small: dict, trials: int) -> None:
+def rows_to_run(methods: list[str], variants: list[list[str]]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Study name prefix -> (label, overrides): flat TPE first (its best is the goal), the methods
+    asked for, then each variant (the multi-fidelity search with more overrides)."""
+    rows = {short: METHODS[short] for short in ["flat", *(m for m in METHODS if m in methods and m != "flat")]}
+    for i, (label, *overrides) in enumerate(variants):
+        rows[f"mf{i + 1}"] = (f"{METHODS['mf'][0]}, {label}", (*METHODS["mf"][1], *overrides))
+    return rows
+
+
+def searches(tmp: Path, rows_: dict, seeds: list[int], seconds: float, top: int, extra: list, small: dict, trials: int):
     """Each search for `seconds` per seed (or until it has `trials`), then the table of their best
     top-size accuracy over time."""
-    storage, rows = f"sqlite:///{tmp}/bench.db", {m: [] for m in METHODS}
+    storage, rows = f"sqlite:///{tmp}/bench.db", {m: [] for m in rows_}
     for seed in seeds:
-        for method, preset in METHODS.items():
-            name = f"{method.split()[0]}-{seed}".replace(",", "")
-            names = [f"{name}-20k"] if "staged" in method else [name]  # the staged search's last stage
+        for short, (_, preset) in rows_.items():
+            name = f"{short}-{seed}"
+            names = [f"{name}-20k"] if short == "staged" else [name]  # the staged search's last stage
             study = [
                 f"hydra.sweeper.study_name={name}",
-                *([] if "staged" in method else [f"hydra.sweeper.n_trials={trials}"]),
+                *([] if short == "staged" else [f"hydra.sweeper.n_trials={trials}"]),
             ]
-            overrides = (*preset, *extra, *small.get(method, []), *study, f"hydra.sweeper.sampler.seed={seed}")
-            began = sweep(tmp, seconds, *overrides)
-            rows[method].append((seed, began, top_rung(storage, names, top)))
+            overrides = (*preset, *extra, *small.get(short.rstrip("0123456789"), []), *study)
+            began = sweep(tmp, seconds, *overrides, f"hydra.sweeper.sampler.seed={seed}")
+            rows[short].append((seed, began, top_rung(storage, names, top)))
     print(f"\n| search | seed | {' | '.join(f'{seconds * s / 60:g} min' for s in SHARES)} | reaches flat's best |")
     print("|---|---:|" + "---:|" * (len(SHARES) + 1))
-    flat = list(METHODS)[0]
-    for method in METHODS:
-        for (seed, began, found), (_, flat_began, flat_found) in zip(rows[method], rows[flat], strict=True):
+    for short, (method, _) in rows_.items():
+        for (seed, began, found), (_, flat_began, flat_found) in zip(rows[short], rows["flat"], strict=True):
             goal = best_by(flat_found, flat_began, seconds)
             shown = [f"{c:.2%}" if c is not None else "-" for c in (best_by(found, began, seconds * s) for s in SHARES)]
             at = reached(found, began, goal)
@@ -151,7 +163,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--minutes", type=float, default=20.0, help="wall time of each search per seed")
-    parser.add_argument("--configs", type=int, default=30, help="random configurations for the rank correlation")
+    parser.add_argument("--configs", type=int, default=30, help="random configurations for the ranks (0: none)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="flat always runs")
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("LABEL", "OVERRIDE"),
+        help="one more row: the multi-fidelity search with these overrides (repeatable)",
+    )
     parser.add_argument("--tiny", action="store_true", help="digits, seconds (CI): figures meaningless")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -161,16 +182,18 @@ def main() -> None:
         trials = 3  # each search ends by itself after 3 configurations, usually before its time is up
         extra = ["data=digits", "trainer.epochs=1", "data_size.train=900"]
         small = {
-            "staged (1k, 10k, 20k)": [
+            "staged": [
                 "hydra.sweeper.stages=[{data_size: 1k, n_trials: 2, keep: 0.5}, {data_size: 20k, n_trials: 1}]",
                 "data_size.train=900",
             ],
-            "multi-fidelity (1k..20k)": ["hydra.sweeper.fidelity.min=100", "hydra.sweeper.fidelity.max=900"],
+            "mf": ["hydra.sweeper.fidelity.min=100", "hydra.sweeper.fidelity.max=900"],
         }
     print(f"{data}, {args.minutes:g} minutes a search per sampler seed; best validation accuracy on {sizes[1]} images")
     with tempfile.TemporaryDirectory() as tmp:
-        searches(Path(tmp), args.seeds, args.minutes * 60, sizes[1], extra, small, trials)
-        ranking(Path(tmp), args.configs, sizes, extra)
+        rows = rows_to_run(args.methods, args.variant)
+        searches(Path(tmp), rows, args.seeds, args.minutes * 60, sizes[1], extra, small, trials)
+        if args.configs:
+            ranking(Path(tmp), args.configs, sizes, extra)
 
 
 if __name__ == "__main__":
