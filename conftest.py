@@ -1,10 +1,12 @@
-"""For both test folders: each pytest-xdist worker keeps to its own share of the cores.
+"""For both test folders: each pytest-xdist worker trains with its share of the cores' threads.
 
 Two workers on a 2-core machine, each training with as many torch threads as the machine has
 cores (and each sweep it starts doing the same), made OpenMP's threads wait on each other: one
-stack-versus-alone test took 21 s beside the other worker against 2 s alone. A worker pinned to its
-share hands the pinning down to every process it starts, and the app's thread count follows the
-cores it may use (mlp_sweep.train.cores)."""
+stack-versus-alone test took 21 s beside the other worker against 2 s alone. So each worker sets
+OMP_NUM_THREADS to its share before torch is imported; every process it starts inherits it, and the
+app's thread count follows it (mlp_sweep.train.set_threads). The workers are not pinned to cores:
+a pinned worker kept its tests' many processes (six sweep workers on one study, a joblib pool) on
+one core while the other worker slept in a test that waits for a timeout."""
 
 from __future__ import annotations
 
@@ -13,10 +15,7 @@ import os
 
 def pytest_configure(config) -> None:
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+    if not worker or not count or int(count) < 2 or "OMP_NUM_THREADS" in os.environ:
         return
-    cpus, index, workers = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")), int(count)
-    if workers < 2:
-        return
-    # as many workers as cores or fewer: each its share; more: each one core, taken in turn
-    os.sched_setaffinity(0, cpus[index::workers] if workers <= len(cpus) else [cpus[index % len(cpus)]])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cpus // int(count)))

@@ -94,10 +94,19 @@ def keep_freed_memory() -> bool:
 
 
 def set_threads(threads: int, parallel_jobs: int = 1) -> int:
-    """Torch CPU threads: as asked, or the cores shared out among parallel jobs."""
-    n = threads or max(1, cores() // max(1, parallel_jobs))
+    """Torch CPU threads: as asked (trainer.threads), else OMP_NUM_THREADS where the environment
+    sets it (as torch itself and every OpenMP program take it), else the cores shared out among
+    parallel jobs."""
+    n = threads or omp_threads() or max(1, cores() // max(1, parallel_jobs))
     torch.set_num_threads(n)
     return n
+
+
+def omp_threads() -> int | None:
+    """OMP_NUM_THREADS's count (its first, for a nested list such as 4,2); None where it is unset
+    or no positive number (OpenMP ignores such a value too)."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
 
 
 def fit(

@@ -13,7 +13,7 @@ from torch import nn
 from mlp_sweep import data
 from mlp_sweep.model import build
 from mlp_sweep.precision import autocast
-from mlp_sweep.train import Averaged, evaluate, fit, shifted
+from mlp_sweep.train import Averaged, cores, evaluate, fit, set_threads, shifted
 
 
 def run(cfg):
@@ -265,3 +265,26 @@ def test_freed_blocks_are_kept_so_each_step_does_not_fault_its_memory_back_in():
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # the user's own setting wins
     done = subprocess.run([sys.executable, "-c", FAULTS, "on"], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.split()[0] == "False"
+
+
+@pytest.mark.parametrize(
+    "setting, env, expected",
+    [
+        (3, "1", 3),  # trainer.threads wins
+        (0, "1", 1),
+        (0, "2,1", 2),  # a nested list: the outer level's count
+        (0, "many", None),  # not a number: as if unset
+        (0, None, None),
+    ],
+)
+def test_threads_follow_the_setting_then_omp_num_threads_then_the_cores(monkeypatch, setting, env, expected):
+    before = torch.get_num_threads()
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    try:
+        n = set_threads(setting, parallel_jobs=1)
+        assert n == (expected or cores()) and torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
