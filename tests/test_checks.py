@@ -92,3 +92,18 @@ def test_residual_options_are_checked(cfg_of):
         check(cfg_of("model.block=dense", "model.expansion=0"))
     assert "model.block='dense' is not allowed: use plain or residual" in str(err.value)
     assert "model.expansion=0 is not allowed: use an integer >= 1" in str(err.value)
+
+
+def test_every_setting_of_the_multifidelity_preset_is_overridden_as_the_docs_write_it():
+    from hydra import compose, initialize_config_dir
+
+    from .conftest import CONF
+
+    given = {"min": 3000, "max": 45000, "eta": 2, "brackets": 2}  # without a `+`, as docs/results.md writes them
+    with initialize_config_dir(config_dir=str(CONF)):
+        cfg = compose(
+            config_name="config",
+            overrides=["hparams_search=multifidelity", *(f"hydra.sweeper.fidelity.{k}={v}" for k, v in given.items())],
+            return_hydra_config=True,
+        )
+    assert {k: cfg.hydra.sweeper.fidelity[k] for k in given} == given
