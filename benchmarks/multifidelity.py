@@ -107,42 +107,44 @@ def spearman(a: list[float], b: list[float]) -> float:
     return statistics.correlation(ra, rb) if len(a) > 2 else float("nan")
 
 
-def rows_to_run(methods: list[str], variants: list[list[str]]) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """Study name prefix -> (label, overrides): flat TPE first (its best is the goal), the methods
-    asked for, then each variant (the multi-fidelity search with more overrides)."""
-    rows = {short: METHODS[short] for short in ["flat", *(m for m in METHODS if m in methods and m != "flat")]}
+def searches_to_run(methods: list[str], variants: list[list[str]]) -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    """Study name prefix -> (label, the method it is, overrides): flat TPE first (its best is the
+    goal), the methods asked for, then each variant (the multi-fidelity search with more overrides)."""
+    plan = {
+        m: (METHODS[m][0], m, METHODS[m][1]) for m in ["flat", *(m for m in METHODS if m in methods and m != "flat")]
+    }
     for i, (label, *overrides) in enumerate(variants):
-        rows[f"mf{i + 1}"] = (f"{METHODS['mf'][0]}, {label}", (*METHODS["mf"][1], *overrides))
-    return rows
+        plan[f"mf{i + 1}"] = (f"{METHODS['mf'][0]}, {label}", "mf", (*METHODS["mf"][1], *overrides))
+    return plan
 
 
-def searches(tmp: Path, rows_: dict, seeds: list[int], seconds: float, top: int, extra: list, small: dict, trials: int):
+def searches(tmp: Path, plan: dict, seeds: list[int], seconds: float, top: int, extra: list, small: dict, trials: int):
     """Each search for `seconds` per seed (or until it has `trials`), then the table of their best
     top-size accuracy over time."""
-    storage, rows = f"sqlite:///{tmp}/bench.db", {m: [] for m in rows_}
+    storage, rows = f"sqlite:///{tmp}/bench.db", {m: [] for m in plan}
     for seed in seeds:
-        for short, (_, preset) in rows_.items():
+        for short, (_, method, preset) in plan.items():
             name = f"{short}-{seed}"
-            names = [f"{name}-20k"] if short == "staged" else [name]  # the staged search's last stage
+            names = [f"{name}-20k"] if method == "staged" else [name]  # the staged search's last stage
             study = [
                 f"hydra.sweeper.study_name={name}",
-                *([] if short == "staged" else [f"hydra.sweeper.n_trials={trials}"]),
+                *([] if method == "staged" else [f"hydra.sweeper.n_trials={trials}"]),
             ]
-            overrides = (*preset, *extra, *small.get(short.rstrip("0123456789"), []), *study)
+            overrides = (*preset, *extra, *small.get(method, []), *study)
             began = sweep(tmp, seconds, *overrides, f"hydra.sweeper.sampler.seed={seed}")
             rows[short].append((seed, began, top_rung(storage, names, top)))
     print(f"\n| search | seed | {' | '.join(f'{seconds * s / 60:g} min' for s in SHARES)} | reaches flat's best |")
     print("|---|---:|" + "---:|" * (len(SHARES) + 1))
-    for short, (method, _) in rows_.items():
+    for short, (label, _, _) in plan.items():
         for (seed, began, found), (_, flat_began, flat_found) in zip(rows[short], rows["flat"], strict=True):
             goal = best_by(flat_found, flat_began, seconds)
             shown = [f"{c:.2%}" if c is not None else "-" for c in (best_by(found, began, seconds * s) for s in SHARES)]
             at = reached(found, began, goal)
-            print(f"| {method} | {seed} | {' | '.join(shown)} | {f'{at / 60:.3g} min' if at else 'no'} |")
+            print(f"| {label} | {seed} | {' | '.join(shown)} | {f'{at / 60:.3g} min' if at else 'no'} |")
     print("\nWhere each search's time went (its trials' wall seconds):")
-    for short, (method, _) in rows_.items():
+    for short, (label, _, _) in plan.items():
         for seed in seeds:
-            print(f"- {method}, seed {seed}: {spent(storage, f'{short}-{seed}')}")
+            print(f"- {label}, seed {seed}: {spent(storage, f'{short}-{seed}')}")
 
 
 def spent(storage: str, name: str) -> str:
@@ -221,8 +223,8 @@ def main() -> None:
         }
     print(f"{data}, {args.minutes:g} minutes a search per sampler seed; best validation accuracy on {sizes[1]} images")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = rows_to_run(args.methods, args.variant)
-        searches(Path(tmp), rows, args.seeds, args.minutes * 60, sizes[1], extra, small, trials)
+        plan = searches_to_run(args.methods, args.variant)
+        searches(Path(tmp), plan, args.seeds, args.minutes * 60, sizes[1], extra, small, trials)
         if args.configs:
             ranking(Path(tmp), args.configs, sizes, extra)
 
