@@ -180,7 +180,7 @@ def launch_next(r: Run) -> None:
 
 def ask(r: Run) -> tuple[optuna.Trial, tuple[str, ...]] | None:
     """One trial and its parameter overrides; None when the study had its target first."""
-    # Each draw is seeded with the sampler's seed offset by the trial's number: a rerun continues
+    # Each draw is seeded with the sampler's seed and the trial's number (plan.draw_seed): a rerun continues
     # the search, workers sharing the study draw apart, one seeded worker alone is reproducible.
     # Relative samplers draw inside ask() (the number is guessed from the trials stored),
     # independent ones when the parameters are suggested (the number is known).

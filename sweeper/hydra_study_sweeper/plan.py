@@ -3,6 +3,7 @@ study's identity and name, the storage, the target, the folders and the sampler.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,15 +146,23 @@ def sampler_factory(cfg: Any, grid: dict[str, list] | None) -> Callable[[int], A
         sampler = optuna.samplers.GridSampler(grid, seed=seed)
         return lambda _offset: sampler
 
-    # composed once: a sampler per trial (each seeded by its number) then costs only its constructor
+    # composed once: a sampler per trial (seeded by the sampler's seed and its number) then costs only its constructor
     make = instantiate(
         cfg, _partial_=True, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
     )
 
     def make_sampler(offset: int) -> Any:
-        return make() if seed is None else make(seed=int(seed) + offset)
+        return make() if seed is None else make(seed=draw_seed(int(seed), offset))
 
     return make_sampler
+
+
+def draw_seed(seed: int, number: int) -> int:
+    """The seed of the draws for trial `number` of a sampler seeded `seed`: the two hashed together
+    into 32 bits, so that sampler seeds give sequences of their own. (`seed + number` gave seed 1's
+    trial n the draws of seed 0's trial n + 1: two "seeds" were one sequence, shifted.)"""
+    digest = hashlib.blake2b(f"{seed}:{number}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big")
 
 
 def load_study(name: str, storage: Any) -> optuna.Study | None:

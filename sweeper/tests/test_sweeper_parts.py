@@ -8,8 +8,10 @@ import time
 import optuna
 import pytest
 from hydra_study_sweeper.errors import UserError
+from hydra_study_sweeper.plan import sampler_factory
 from hydra_study_sweeper.recovery import counts_toward_target
 from hydra_study_sweeper.space import Space, check_against_stored, check_enqueued
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -44,6 +46,25 @@ def test_interrupted_and_stale_trials_do_not_count_toward_the_target(state, reas
     attrs = {"fail_reason": reason} if reason else {}
     trial = create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None, user_attrs=attrs)
     assert counts_toward_target(trial) is counted
+
+
+def draws(seed, n=6):
+    """The first value each of n trials of a study draws, with the sweeper's sampler per trial."""
+    make = sampler_factory(OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": seed}), None)
+    study, values = optuna.create_study(), []
+    for number in range(n):
+        study.sampler = make(number)
+        trial = study.ask()
+        values.append(trial.suggest_float("x", 0, 1))
+        study.tell(trial, 0.0)
+    return values
+
+
+def test_sampler_seeds_draw_sequences_of_their_own_and_each_is_reproducible():
+    # seed + trial number, as it was, gave seed 1's trial n the draws of seed 0's trial n + 1
+    zero, one = draws(0), draws(1)
+    assert not set(zero) & set(one)
+    assert draws(0) == zero
 
 
 def test_stored_space_conflicts_are_found_before_any_trial():
