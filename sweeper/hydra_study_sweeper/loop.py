@@ -92,8 +92,9 @@ class Run:
     def tell(self, number: int, result: Outcome, counted: bool = True) -> bool:
         """The one way a trial of this worker ends: no longer in flight, its heartbeat and jobs'
         bookkeeping dropped, and `result` stored (outcome.tell). False when another worker finished
-        it first. `counted`: it ended in this run (surplus trials and parameters that could not be
-        built are not). A trial not in flight here cannot be told: that is a fault of the sweeper."""
+        it first. `counted`: it ended in this run (surplus trials, parameters that could not be
+        built and trials lost with joblib's pool, queued again, are not). A trial not in flight
+        here cannot be told: that is a fault of the sweeper."""
         flight = self.in_flight.pop(number, None)
         if flight is None:
             raise RuntimeError(f"trial {number} told, but this worker does not run it (told twice?)")
@@ -291,7 +292,7 @@ def lost_with_pool(r: Run, number: int) -> None:
     """A trial whose job joblib failed because another job's worker died: failed as `interrupted`
     (not counted, not a failure of this run) and queued again."""
     trial = r.in_flight[number].trial
-    if r.tell(number, Outcome.failed("interrupted")):
+    if r.tell(number, Outcome.failed("interrupted"), counted=False):  # it runs again: not one that ended
         queued = recovery.requeue(r.study, trial)
         log.warning(
             "trial %d was lost when joblib stopped its worker pool (another job's process died)%s",
