@@ -159,8 +159,8 @@ def test_trials_that_all_hang_stop_the_sweep_with_what_to_change(tmp_path):
     settings to raise. A trial lost with joblib's pool between them (trial 1: stopping hung trial 0's
     worker stops the pool before trial 1's own limit) is queued again, not counted as one that ended:
     counted, it hid the rule, and hung trials went on until max_failure_rate stopped the sweep."""
-    limits = ("hydra.sweeper.stall_timeout=2", "hydra.sweeper.start_timeout=7", "hydra.sweeper.stop_grace=1")
-    args = (*JOBLIB, "mode=hang_first", "seconds=10", *limits, "hydra.sweeper.n_trials=10")
+    limits = ("hydra.sweeper.stall_timeout=2", "hydra.sweeper.start_timeout=8", "hydra.sweeper.stop_grace=1")
+    args = (*JOBLIB, "mode=hang_first", "seconds=12", *limits, "hydra.sweeper.n_trials=10")
     res = sweep(tmp_path, *args, timeout=240)
     out = res.stdout + res.stderr
     assert res.returncode == 1, out
