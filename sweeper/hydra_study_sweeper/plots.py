@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +49,26 @@ def percent_axis(axis: Any, name: str, formats: dict[str, str]) -> None:
 
 
 def history(rows: list, path: Path, layout: Any) -> None:
-    """Each trial's first objective by trial number, with the best so far."""
+    fig = history_figure(rows, layout)
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+
+
+def history_figure(rows: list, layout: Any) -> Any:
+    """Each trial's first objective by trial number, with the best so far; a pruned trial at the
+    last value it reported (where the pruner stopped it), a failed one as a cross."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     done = sorted((r for r in rows if r["state"] == "COMPLETE" and r["values"]), key=lambda r: r["number"])
     xs, ys = [r["number"] for r in done], [r["values"][0] for r in done]
     pick = min if layout.directions[0] == "minimize" else max
     best = [pick(ys[: i + 1]) for i in range(len(ys))]
-    ax.plot(xs, ys, "o", alpha=0.7, label="trial")
+    ax.plot(xs, ys, "o", alpha=0.7, label="completed")
     ax.step(xs, best, where="post", color="C1", label="best so far")
+    pruned = sorted((r["number"], last_value(r)) for r in rows if r["state"] == "PRUNED")
+    pruned = [(n, v) for n, v in pruned if v is not None and math.isfinite(v)]
+    if pruned:
+        ax.plot(*zip(*pruned, strict=True), "v", color="0.55", alpha=0.6, label="pruned (its last value)")
     failed = [r["number"] for r in rows if r["state"] == "FAIL"]
     if failed and ys:
         ax.plot(failed, [min(ys)] * len(failed), "x", color="C3", label="failed")
@@ -66,8 +78,15 @@ def history(rows: list, path: Path, layout: Any) -> None:
     ax.set_title("optimization history")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def last_value(row: dict) -> float | None:
+    """A pruned trial's value: the one stored with it, else the last step it reported."""
+    if row["values"]:
+        return row["values"][0]
+    steps = row.get("steps") or {}
+    return steps[max(steps)] if steps else None
 
 
 def pareto(ranked: list, front: list, path: Path, layout: Any) -> None:
