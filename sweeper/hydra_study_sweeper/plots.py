@@ -72,6 +72,9 @@ def history_figure(rows: list, layout: Any) -> Any:
     failed = [r["number"] for r in rows if r["state"] == "FAIL"]
     if failed and ys:
         ax.plot(failed, [min(ys)] * len(failed), "x", color="C3", label="failed")
+    import matplotlib.ticker
+
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # trial numbers, not 2.5
     ax.set_xlabel("trial")
     ax.set_ylabel(layout.names[0])
     percent_axis(ax.yaxis, layout.names[0], layout.formats)
