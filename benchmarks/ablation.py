@@ -26,11 +26,12 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _sweep import app, in_this_process
 
 # name -> overrides on top of experiment=zca_mlp (ZCA, 3072-1024-1024-10, 70 epochs: 79.6 TFLOP);
 # an "experiment=" override replaces the base
@@ -63,9 +64,6 @@ def run(out: Path, name: str, seed: int, overrides: tuple[str, ...], threads: in
     metrics_file = where / "metrics.json"
     if not metrics_file.is_file():
         command = [
-            sys.executable,
-            "-m",
-            "mlp_sweep",
             f"experiment={experiment}",
             *overrides,
             f"trainer.seed={seed}",
@@ -75,7 +73,9 @@ def run(out: Path, name: str, seed: int, overrides: tuple[str, ...], threads: in
             f"hydra.run.dir={where}",
         ]
         t0 = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done = app(command)
+        if done.returncode != 0:  # the app's own error
+            sys.exit(f"mlp_sweep {' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
         print(f"  ({time.perf_counter() - t0:.0f} s wall)", end="")
     return json.loads(metrics_file.read_text())
 
@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/ablation"))
     parser.add_argument("--tiny", action="store_true", help="digits, 1 epoch, 2 variants, in a temporary folder (CI)")
     args = parser.parse_args()
+    in_this_process(args.tiny)  # its runs in this process: a tiny run's figures are meaningless
     if args.tiny:
         args.seeds, args.only = [0], ["recipe", "no_zca"]
         args.base = [*args.base, "data=digits", "data_size=1k", "trainer.epochs=1"]

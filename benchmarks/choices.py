@@ -18,10 +18,11 @@ import argparse
 import atexit
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from _sweep import app, in_this_process
 
 WHITEN_EPS = (0.01, 0.1, 1.0, 3.0, 10.0)
 MARGIN = 0.003  # validation accuracy within this of the best is noise (as benchmarks/ablation.py decides)
@@ -46,10 +47,10 @@ def run(out: Path, name: str, overrides: list[str]) -> tuple[Path, dict]:
     """One run of the app in OUT/NAME (reused when finished); its folder and metrics."""
     where = out / name
     if not (where / "metrics.json").is_file():
-        command = [sys.executable, "-m", "mlp_sweep", *overrides, f"hydra.run.dir={where}"]
-        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        command = [*overrides, f"hydra.run.dir={where}"]
+        done = app(command)
         if done.returncode != 0:  # the app's own error, not a bare CalledProcessError
-            sys.exit(f"{' '.join(command[2:])} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+            sys.exit(f"mlp_sweep {' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return where, json.loads((where / "metrics.json").read_text())
 
 
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/choices"))
     parser.add_argument("--tiny", action="store_true", help="both choices on digits, 1 epoch, in a temporary folder")
     args = parser.parse_args()
+    in_this_process(args.tiny)  # its runs in this process: a tiny run's figures are meaningless
     if args.tiny:
         args.base = [*args.base, "data=digits", "data.whiten=zca", "data_size=1k", "data.project=0", "trainer.epochs=1"]
         args.epochs, args.values = 1, [0.1, 1.0]

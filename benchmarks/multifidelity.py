@@ -36,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 import optuna
+from _sweep import HERE, app, in_this_process
 
 METHODS = {  # short name: (the row's label, the sweep's overrides)
     "flat": ("flat TPE, 20k, median pruner", ("hparams_search=multifidelity", "hydra.sweeper.fidelity=null")),
@@ -47,18 +48,24 @@ SHARES = (1 / 8, 1 / 4, 1 / 2, 1)
 
 def sweep(tmp: Path, seconds: float, *overrides: str) -> datetime.datetime:
     """A sweep until it ends or its time is up; when it started (the studies' clock)."""
-    command = [sys.executable, "-m", "mlp_sweep", "-m", *overrides, "hydra.sweeper.artifact_dir=null"]
-    command += [f"hydra.sweeper.storage=sqlite:///{tmp}/bench.db", "hydra.sweeper.rerun_dir=null", "save_model=false"]
+    args = ["-m", *overrides, "hydra.sweeper.artifact_dir=null", f"hydra.sweeper.storage=sqlite:///{tmp}/bench.db"]
+    args += ["hydra.sweeper.rerun_dir=null", "save_model=false"]
     began = datetime.datetime.now()
-    proc = subprocess.Popen(command, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _, err = proc.communicate(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=300)
-        return began
-    if proc.returncode != 0:
-        sys.exit(f"the sweep {' '.join(overrides)} failed (exit {proc.returncode}):\n{err[-3000:]}")
+    if HERE["on"]:  # the tiny mode: each search ends by itself after its few configurations
+        done = app(args, cwd=tmp)
+        code, err = done.returncode, done.stderr
+    else:
+        command = [sys.executable, "-m", "mlp_sweep", *args]
+        proc = subprocess.Popen(command, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = proc.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=300)
+            return began
+        code = proc.returncode
+    if code != 0:
+        sys.exit(f"the sweep {' '.join(overrides)} failed (exit {code}):\n{err[-3000:]}")
     return began
 
 
@@ -205,6 +212,7 @@ def main() -> None:
     )
     parser.add_argument("--tiny", action="store_true", help="digits, seconds (CI): figures meaningless")
     args = parser.parse_args()
+    in_this_process(args.tiny)  # its searches in this process: a tiny run's figures are meaningless
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data, sizes, extra, small = "cifar10", (1000, 20000), ["data_size=20k"], {}
     # configurations a search may try: its time ends it, not this (a multi-fidelity search on bf16

@@ -19,7 +19,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _sweep import timed_sweep
+from _sweep import in_this_process, timed_sweep
 
 from mlp_sweep.train import cores
 
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--tiny", action="store_true", help="digits, 2 trials, one space (CI): figures meaningless")
     args = parser.parse_args()
+    in_this_process(args.tiny)  # its sweeps in this process: a tiny run's figures are meaningless
     data = (f"data_size={args.data_size}",)
     spaces = {"default": str(args.epochs), "mixed (3x)": f"choice({args.epochs},{3 * args.epochs})"}
     if args.tiny:

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import optuna
-from _sweep import timed_sweep
+from _sweep import in_this_process, timed_sweep
 
 
 def run(out: Path, seed: int, pruner: str, trials: int, data: tuple[str, ...]) -> dict:
@@ -60,6 +60,7 @@ def main() -> None:
     )
     parser.add_argument("--tiny", action="store_true", help="digits, 1 seed, 2 trials, 2 pruners (CI)")
     args = parser.parse_args()
+    in_this_process(args.tiny)  # its sweeps in this process: a tiny run's figures are meaningless
     data = (f"data_size={args.data_size}",)
     data += (f"hparams_search={args.preset}",) if args.preset else ()
     data += (f"trainer.epochs={args.epochs}",) if args.epochs else ()

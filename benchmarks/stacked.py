@@ -23,7 +23,7 @@ from pathlib import Path
 
 import optuna
 import torch
-from _sweep import timed_sweep
+from _sweep import in_this_process, timed_sweep
 
 from mlp_sweep.train import cores
 
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="digits, 4 trials, stacks of 2, no pruner (CI)")
     parser.add_argument("--products", action="store_true", help="only the first layer's products, by width")
     args = parser.parse_args()
+    in_this_process(args.tiny)  # its sweeps in this process: a tiny run's figures are meaningless
     if args.products:
         products()
         return

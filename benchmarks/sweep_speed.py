@@ -28,7 +28,7 @@ from pathlib import Path
 
 import optuna
 import torch
-from _sweep import timed_sweep
+from _sweep import in_this_process, timed_sweep
 
 from mlp_sweep.precision import resolve
 from mlp_sweep.train import cores
@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--data-size", default="20k")
     parser.add_argument("--tiny", action="store_true", help="digits, 4 trials, 1 epoch, seed 0 (CI)")
     args = parser.parse_args()
+    in_this_process(args.tiny)  # its sweeps in this process: a tiny run's figures are meaningless
     data = (f"data_size={args.data_size}",)
     if args.tiny:
         args.trials, args.seeds, args.stack = 4, [0], 2

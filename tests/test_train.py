@@ -13,7 +13,7 @@ from torch import nn
 from mlp_sweep import data
 from mlp_sweep.model import build
 from mlp_sweep.precision import autocast
-from mlp_sweep.train import Averaged, cores, evaluate, fit, set_threads, shifted
+from mlp_sweep.train import Averaged, cores, evaluate, fit, keep_freed_memory, set_threads, shifted
 
 
 def run(cfg):
@@ -236,35 +236,43 @@ def test_whitened_mixed_averaged_training_learns(cfg_of):
 
 
 FAULTS = """
-import resource, sys, torch
+import resource, torch
 from mlp_sweep.train import keep_freed_memory
-applied = keep_freed_memory() if sys.argv[1] == "on" else False
-for _ in range(10):  # a training step's pattern: the same large block allocated, written and freed
-    torch.empty(8 << 20).fill_(1.0)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    torch.empty(8 << 20).fill_(1.0)
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+def faults():  # a training step's pattern: the same large block allocated, written and freed
+    for _ in range(10):
+        torch.empty(8 << 20).fill_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        torch.empty(8 << 20).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+off = faults()
+print(keep_freed_memory(), off, faults())
 """
 
 
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="page-fault counts of a Linux process")
 def test_freed_blocks_are_kept_so_each_step_does_not_fault_its_memory_back_in():
     """32 MB allocated and freed 20 times: glibc's default returns it to the kernel each time
-    (a page fault per 4 KiB to get it back); with keep_freed_memory it is reused."""
+    (a page fault per 4 KiB to get it back); with keep_freed_memory it is reused. One fresh
+    process measures both, glibc's default first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    seen = {}
-    for mode in ("off", "on"):
-        done = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, env=env, check=True)
-        applied, faults = done.stdout.split()
-        seen[mode] = (applied == "True", int(faults))
-    if not seen["on"][0]:
+    done = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, env=env, check=True)
+    applied, off, on = done.stdout.split()
+    if applied != "True":
         pytest.skip("this C library has no mallopt (not glibc)")
-    assert seen["off"][1] > 20 * 4000  # about 8,192 faults a block
-    assert seen["on"][1] < seen["off"][1] / 20
-    env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # the user's own setting wins
-    done = subprocess.run([sys.executable, "-c", FAULTS, "on"], capture_output=True, text=True, env=env, check=True)
-    assert done.stdout.split()[0] == "False"
+    assert int(off) > 20 * 4000  # about 8,192 faults a block
+    assert int(on) < int(off) / 20
+
+
+def test_the_users_own_malloc_setting_wins(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    keep_freed_memory.cache_clear()
+    try:
+        assert keep_freed_memory() is False
+    finally:
+        keep_freed_memory.cache_clear()
 
 
 @pytest.mark.parametrize(
