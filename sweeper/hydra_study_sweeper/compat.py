@@ -155,6 +155,26 @@ POOL_LOGGERS = tuple(
 LOST_RESET = "Exception during reset"  # the start of the pool's message for a connection it could not reset
 
 
+# --- PyMySQL ------------------------------------------------------------------------------------
+
+
+def read_timeout_settable() -> bool:
+    """Whether a PyMySQL connection's read timeout can be changed once it is connected: PyMySQL
+    reads the server's greeting under the read timeout it was made with, and keeps the setting only
+    as Connection._read_timeout, which it applies before each read."""
+    if importlib.util.find_spec("pymysql") is None:
+        return False
+    from pymysql.connections import Connection
+
+    return getattr(Connection(defer_connect=True, read_timeout=7), "_read_timeout", None) == 7
+
+
+def set_read_timeout(connection: Any, seconds: float) -> None:
+    """A connected PyMySQL connection's read timeout from its next read on (others: nothing)."""
+    if type(connection).__module__.startswith("pymysql") and hasattr(connection, "_read_timeout"):
+        connection._read_timeout = seconds
+
+
 # --- Hydra's launchers ------------------------------------------------------------------------
 
 # launcher class -> what the sweeper knows of it: whether its jobs run in the sweeper's process,
@@ -343,6 +363,12 @@ NAMES = (
         f"the pool's message '{LOST_RESET} ...'",
         "a lost server's failed connection resets are not printed as tracebacks",
         _lost_reset_text,
+    ),
+    Private(
+        "PyMySQL",
+        "Connection._read_timeout",
+        "a MySQL server that accepts and never answers is named within the connect timeout",
+        lambda: importlib.util.find_spec("pymysql") is None or read_timeout_settable(),
     ),
     *(
         Private(PLUGINS[n], f"{LAUNCHER_MODULES[n]}.{n}", f"knowing the {LAUNCHERS[n]} launcher", _launcher(n))

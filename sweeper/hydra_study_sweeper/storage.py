@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 
+from . import compat
 from .errors import UserError, reason_of
 from .journal import make_parent, open_journal_file, open_redis
 from .outage import (
@@ -97,6 +98,22 @@ def _sqlite(url: str, parsed: Any, heartbeat_interval: int, grace_period: int | 
     return storage
 
 
+def greeting_timeout() -> float:
+    """The read timeout a MySQL connection is made with, which bounds its wait for the server's
+    greeting: the connect timeout, where each new connection's reads get the statement timeout
+    once it is connected (a pool listener, registered once per process); else the statement
+    timeout throughout, and a server that accepts and never answers is named after that."""
+    if not compat.read_timeout_settable():
+        return STATEMENT_TIMEOUT
+    if not sqlalchemy.event.contains(sqlalchemy.pool.Pool, "connect", _statement_reads):
+        sqlalchemy.event.listen(sqlalchemy.pool.Pool, "connect", _statement_reads)
+    return CONNECT_TIMEOUT
+
+
+def _statement_reads(connection: Any, _record: Any) -> None:
+    compat.set_read_timeout(connection, STATEMENT_TIMEOUT)
+
+
 def _server(
     parsed: Any, heartbeat_interval: int, grace_period: int | None, outage_timeout: float | None, patient_open: bool
 ) -> Any:
@@ -109,7 +126,7 @@ def _server(
     elif backend in ("mysql", "mariadb"):
         connect_args = {
             "connect_timeout": CONNECT_TIMEOUT,
-            "read_timeout": STATEMENT_TIMEOUT,
+            "read_timeout": greeting_timeout(),
             "write_timeout": STATEMENT_TIMEOUT,
         }
     kwargs = {"connect_args": connect_args, "pool_pre_ping": True}

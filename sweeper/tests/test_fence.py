@@ -100,6 +100,11 @@ def test_each_feature_is_off_without_its_name_rather_than_broken(monkeypatch):
     assert compat.reduction_factor(Bare()) is None
     assert compat.journal_parts(Bare()) is None and compat.redis_parts(Bare()) is None
     assert compat.launcher_kind(Bare()) == "other"
+    compat.set_read_timeout(Bare(), 1)  # not a PyMySQL connection: left alone
+    from hydra_study_sweeper.storage import STATEMENT_TIMEOUT, greeting_timeout
+
+    monkeypatch.setattr(compat, "read_timeout_settable", lambda: False)
+    assert greeting_timeout() == STATEMENT_TIMEOUT  # the greeting waits as a statement does
     from joblib.externals.loky import process_executor, reusable_executor
 
     monkeypatch.delattr(process_executor, "_ExecutorManagerThread")

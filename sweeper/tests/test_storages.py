@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import optuna
 import pytest
+from hydra_study_sweeper.outage import CONNECT_TIMEOUT, STATEMENT_TIMEOUT
 from hydra_study_sweeper.storage import open_storage
 from hydra_study_sweeper.urls import masked
 
@@ -129,9 +130,19 @@ def test_a_server_that_never_answers_fails_within_a_bounded_time(tmp_path):
             assert proc.returncode == 2, (kind, err)
             assert "cannot use the storage" in err and "Traceback" not in err, (kind, err)
             assert ":pw@" not in err
-        assert time.monotonic() - t0 < 60
+        # each within the connect timeout (10 s) and the process's start, not the 30 s a statement
+        # may take (MySQL waited that long for the greeting before its read timeout was split)
+        assert time.monotonic() - t0 < STATEMENT_TIMEOUT - 5
     finally:
         silent.close()
+
+
+def test_a_mysql_connection_reads_with_the_statement_timeout_once_connected(study_name):
+    storage = open_storage(server("mysql"), 10, None)
+    with storage.engine.connect() as conn:
+        made = conn.connection.dbapi_connection
+        assert made.connect_timeout == CONNECT_TIMEOUT
+        assert made._read_timeout == STATEMENT_TIMEOUT  # made with CONNECT_TIMEOUT for the greeting
 
 
 @pytest.mark.parametrize(
