@@ -83,12 +83,8 @@ def reduction_factor(pruner: Any) -> int | None:
 
 # RDBStorage methods Optuna's cache and Study call that are private; the patient storage wraps them
 # (with the public ones) so that their calls wait out an outage of the database server too
-RDB_PRIVATE_CALLS = (
-    "_create_new_trial",
-    "_set_trial_param",
-    "_get_trials",
-    "_get_best_trial_id",
-    "_get_stale_trial_ids",
+RDB_PRIVATE_CALLS = tuple(
+    ["_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id", "_get_stale_trial_ids"]
 )
 
 
@@ -159,9 +155,8 @@ LOST_RESET = "Exception during reset"  # the start of the pool's message for a c
 
 
 def read_timeout_settable() -> bool:
-    """Whether a PyMySQL connection's read timeout can be changed once it is connected: PyMySQL
-    reads the server's greeting under the read timeout it was made with, and keeps the setting only
-    as Connection._read_timeout, which it applies before each read."""
+    """Whether a connected PyMySQL connection's read timeout can change: PyMySQL reads the greeting
+    under the one it was made with, kept only as Connection._read_timeout (applied at each read)."""
     if importlib.util.find_spec("pymysql") is None:
         return False
     from pymysql.connections import Connection
@@ -170,9 +165,8 @@ def read_timeout_settable() -> bool:
 
 
 def set_read_timeout(connection: Any, seconds: float) -> None:
-    """A connected PyMySQL connection's read timeout from its next read on (others: nothing)."""
     if type(connection).__module__.startswith("pymysql") and hasattr(connection, "_read_timeout"):
-        connection._read_timeout = seconds
+        connection._read_timeout = seconds  # from its next read on; other drivers' connections: nothing
 
 
 # --- Hydra's launchers ------------------------------------------------------------------------
@@ -210,8 +204,7 @@ LAUNCHER_LOGGERS = (  # "Launching 1 jobs locally" and each job's overrides: the
 
 
 def launcher_kind(launcher: Any) -> str:
-    """`in-process`, `joblib`, `local`, `slurm`, `ray`, or `other` for a launcher the sweeper does
-    not know (treated as one whose jobs run elsewhere)."""
+    """in-process, joblib, local, slurm, ray; other for one not known (its jobs run elsewhere)."""
     return LAUNCHERS.get(type(launcher).__name__, "other")
 
 
@@ -264,6 +257,10 @@ def _attr(module: str, *chain: str, optional: str | None = None) -> Callable[[],
             return False
 
     return probe
+
+
+def _mysql() -> bool:
+    return importlib.util.find_spec("pymysql") is None or read_timeout_settable()
 
 
 def _redis_backend() -> bool:
@@ -364,12 +361,7 @@ NAMES = (
         "a lost server's failed connection resets are not printed as tracebacks",
         _lost_reset_text,
     ),
-    Private(
-        "PyMySQL",
-        "Connection._read_timeout",
-        "a MySQL server that accepts and never answers is named within the connect timeout",
-        lambda: importlib.util.find_spec("pymysql") is None or read_timeout_settable(),
-    ),
+    Private("PyMySQL", "Connection._read_timeout", "a silent MySQL server named within the connect timeout", _mysql),
     *(
         Private(PLUGINS[n], f"{LAUNCHER_MODULES[n]}.{n}", f"knowing the {LAUNCHERS[n]} launcher", _launcher(n))
         for n in LAUNCHERS
