@@ -98,20 +98,27 @@ def _sqlite(url: str, parsed: Any, heartbeat_interval: int, grace_period: int | 
     return storage
 
 
-def greeting_timeout() -> float:
-    """The read timeout a MySQL connection is made with, which bounds its wait for the server's
-    greeting: the connect timeout, where each new connection's reads get the statement timeout
-    once it is connected (a pool listener, registered once per process); else the statement
-    timeout throughout, and a server that accepts and never answers is named after that."""
-    if not compat.read_timeout_settable():
-        return STATEMENT_TIMEOUT
-    if not sqlalchemy.event.contains(sqlalchemy.pool.Pool, "connect", _statement_reads):
-        sqlalchemy.event.listen(sqlalchemy.pool.Pool, "connect", _statement_reads)
-    return CONNECT_TIMEOUT
+class StatementReads(sqlalchemy.pool.QueuePool):
+    """The pool of a MySQL storage whose connections are made with the connect timeout as their
+    read timeout (PyMySQL waits for the server's greeting under it) and read with the statement
+    timeout once connected. Its own class, so that no other library's connections are touched."""
 
 
 def _statement_reads(connection: Any, _record: Any) -> None:
     compat.set_read_timeout(connection, STATEMENT_TIMEOUT)
+
+
+sqlalchemy.event.listen(StatementReads, "connect", _statement_reads)
+
+
+def mysql_engine() -> dict[str, Any]:
+    """A MySQL storage's engine settings: the greeting bounded by the connect timeout, every read
+    after it by the statement timeout; where PyMySQL's setting cannot change once connected, the
+    statement timeout throughout (a server that accepts and never answers is named after that)."""
+    split = compat.read_timeout_settable()
+    timeouts = {"connect_timeout": CONNECT_TIMEOUT, "write_timeout": STATEMENT_TIMEOUT}
+    timeouts["read_timeout"] = CONNECT_TIMEOUT if split else STATEMENT_TIMEOUT
+    return {"connect_args": timeouts, **({"poolclass": StatementReads} if split else {})}
 
 
 def _server(
@@ -120,16 +127,13 @@ def _server(
     backend = parsed.get_backend_name()
     if backend in DRIVERS and "+" not in parsed.drivername:
         parsed = parsed.set(drivername=f"{backend}+{DRIVERS[backend][0]}")
-    connect_args: dict[str, Any] = {}
+    engine: dict[str, Any] = {"connect_args": {}}
     if backend == "postgresql":
-        connect_args = {"connect_timeout": CONNECT_TIMEOUT, "options": f"-c statement_timeout={STATEMENT_TIMEOUT}s"}
+        timeouts = {"connect_timeout": CONNECT_TIMEOUT, "options": f"-c statement_timeout={STATEMENT_TIMEOUT}s"}
+        engine = {"connect_args": timeouts}
     elif backend in ("mysql", "mariadb"):
-        connect_args = {
-            "connect_timeout": CONNECT_TIMEOUT,
-            "read_timeout": greeting_timeout(),
-            "write_timeout": STATEMENT_TIMEOUT,
-        }
-    kwargs = {"connect_args": connect_args, "pool_pre_ping": True}
+        engine = mysql_engine()
+    kwargs = {**engine, "pool_pre_ping": True}
     url = parsed.render_as_string(hide_password=False)
     if not outage_timeout:
         return _rdb_retrying(url, kwargs, heartbeat_interval, grace_period)

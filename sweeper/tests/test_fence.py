@@ -101,10 +101,11 @@ def test_each_feature_is_off_without_its_name_rather_than_broken(monkeypatch):
     assert compat.journal_parts(Bare()) is None and compat.redis_parts(Bare()) is None
     assert compat.launcher_kind(Bare()) == "other"
     compat.set_read_timeout(Bare(), 1)  # not a PyMySQL connection: left alone
-    from hydra_study_sweeper.storage import STATEMENT_TIMEOUT, greeting_timeout
+    from hydra_study_sweeper.storage import STATEMENT_TIMEOUT, mysql_engine
 
     monkeypatch.setattr(compat, "read_timeout_settable", lambda: False)
-    assert greeting_timeout() == STATEMENT_TIMEOUT  # the greeting waits as a statement does
+    assert mysql_engine()["connect_args"]["read_timeout"] == STATEMENT_TIMEOUT  # the greeting waits as a statement
+    assert "poolclass" not in mysql_engine()
     from joblib.externals.loky import process_executor, reusable_executor
 
     monkeypatch.delattr(process_executor, "_ExecutorManagerThread")

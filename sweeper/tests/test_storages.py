@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import optuna
 import pytest
+import sqlalchemy
 from hydra_study_sweeper.outage import CONNECT_TIMEOUT, STATEMENT_TIMEOUT
 from hydra_study_sweeper.storage import open_storage
 from hydra_study_sweeper.urls import masked
@@ -137,12 +138,18 @@ def test_a_server_that_never_answers_fails_within_a_bounded_time(tmp_path):
         silent.close()
 
 
+READS_10 = {"read_timeout": CONNECT_TIMEOUT}
+
+
 def test_a_mysql_connection_reads_with_the_statement_timeout_once_connected(study_name):
     storage = open_storage(server("mysql"), 10, None)
     with storage.engine.connect() as conn:
         made = conn.connection.dbapi_connection
         assert made.connect_timeout == CONNECT_TIMEOUT
         assert made._read_timeout == STATEMENT_TIMEOUT  # made with CONNECT_TIMEOUT for the greeting
+    other = sqlalchemy.create_engine(server("mysql").replace("mysql://", "mysql+pymysql://"), connect_args=READS_10)
+    with other.connect() as conn:  # another library's connection in the same process: left as it was made
+        assert conn.connection.dbapi_connection._read_timeout == CONNECT_TIMEOUT
 
 
 @pytest.mark.parametrize(
