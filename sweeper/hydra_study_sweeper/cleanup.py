@@ -46,18 +46,24 @@ def after_storage_failure(r: Run, err: StorageFailure) -> SweepExit:
 
 
 def settle_in_flight(r: Run, reason: str) -> None:
-    """Each trial still in flight: told with the values its job left, else failed and queued again."""
-    for number in list(r.in_flight):
-        trial = r.in_flight[number].trial
-        job_dir = r.plan.sweep_dir / str(number)
-        results = outcome.read_results(job_dir, r.settings.results_file)
-        with contextlib.suppress(Exception):
-            outcome.record(trial, results, r.settings.record, job_dir)
-        values = outcome.values_left(results, r.settings.metric_names)
-        if values is not None and len(values) == len(r.settings.directions):
-            r.tell(number, Outcome(outcome.TrialState.COMPLETE, values), counted=False)
-        elif r.tell(number, Outcome.failed(reason), counted=False):
-            queued = recovery.requeue(r.study, trial)
-            log.warning("trial %d %s: recorded as failed%s", number, reason, " and queued again" if queued else "")
-    r.extras.sweep_ended(interrupted=True)
-    r.launches.abandon()
+    """Each trial still in flight: told with the values its job left, else failed and queued again.
+    The jobs' worker processes are stopped even where the storage refuses a tell part-way (a study
+    that vanished): left running, they would keep the sweep's process from exiting."""
+    try:
+        for number in list(r.in_flight):
+            trial = r.in_flight[number].trial
+            job_dir = r.plan.sweep_dir / str(number)
+            results = outcome.read_results(job_dir, r.settings.results_file)
+            with contextlib.suppress(Exception):
+                outcome.record(trial, results, r.settings.record, job_dir)
+            values = outcome.values_left(results, r.settings.metric_names)
+            if values is not None and len(values) == len(r.settings.directions):
+                r.tell(number, Outcome(outcome.TrialState.COMPLETE, values), counted=False)
+            elif r.tell(number, Outcome.failed(reason), counted=False):
+                queued = recovery.requeue(r.study, trial)
+                log.warning("trial %d %s: recorded as failed%s", number, reason, " and queued again" if queued else "")
+    finally:
+        try:
+            r.extras.sweep_ended(interrupted=True)
+        finally:
+            r.launches.abandon()

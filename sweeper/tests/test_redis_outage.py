@@ -85,3 +85,31 @@ def test_a_study_flushed_while_a_trial_reports_gets_no_write_from_any_process(tm
         assert "vanished" in out and "empty study of the same name" in out
         assert client.dbsize() == 0, sorted(client.keys())[:10]  # nothing written after the flush
         assert "Traceback" not in out, out
+
+
+def test_in_flight_jobs_are_stopped_even_when_the_storage_refuses_their_trials(tmp_path):
+    """After a study vanished, telling its in-flight trials fails; their jobs' worker processes are
+    stopped all the same. Left running, loky's exit handler waited for them: the sweep above, under
+    joblib, once hung after saying the study vanished."""
+    from types import SimpleNamespace
+
+    from hydra_study_sweeper import cleanup
+
+    calls = []
+
+    def tell(*args, **kwargs):
+        raise RuntimeError("study sphere vanished")
+
+    settings = SimpleNamespace(results_file="results.json", record=[], metric_names=["value"], directions=["minimize"])
+    r = SimpleNamespace(
+        in_flight={0: SimpleNamespace(trial=None)},
+        plan=SimpleNamespace(sweep_dir=tmp_path),
+        settings=settings,
+        tell=tell,
+        study=None,
+        extras=SimpleNamespace(sweep_ended=lambda interrupted: calls.append("trackers told")),
+        launches=SimpleNamespace(abandon=lambda: calls.append("workers stopped")),
+    )
+    with pytest.raises(RuntimeError, match="vanished"):
+        cleanup.settle_in_flight(r, "interrupted")
+    assert calls == ["trackers told", "workers stopped"]
