@@ -117,11 +117,8 @@ def step(r: Run) -> bool:
         r.scan = scan(r)
     if r.settings.timeout and not r.out_of_time and time.monotonic() - r.began > r.settings.timeout:
         r.out_of_time = True
-        log.info(
-            "time limit hydra.sweeper.timeout=%g s reached: no new trial starts%s",
-            r.settings.timeout,
-            f"; {len(r.in_flight)} running finish first" if r.in_flight else "",
-        )
+        running = f"; {len(r.in_flight)} running finish first" if r.in_flight else ""
+        log.info("time limit hydra.sweeper.timeout=%g s reached: no new trial starts%s", r.settings.timeout, running)
     if r.waiting and len(r.jobs) < r.capacity:
         start_job(r, r.waiting.pop(0))
     elif r.scan.todo > 0 and not r.stopping and not r.out_of_time and len(r.jobs) < r.capacity:
@@ -156,6 +153,8 @@ def scan(r: Run) -> Scan:
 def still_there(r: Run) -> None:
     """Before the loop writes: a study whose Redis server lost it (restarted empty) ends this worker."""
     if r.plan.storage is not None and vanished(r.plan.storage):
+        # its jobs' workers stop too: their trials went with the study, and loky waits for them at exit
+        r.launches.abandon()
         raise SweepExit(
             2,
             f"study {r.plan.name} vanished from {masked(r.settings.storage)} (the server restarted without "

@@ -113,3 +113,23 @@ def test_in_flight_jobs_are_stopped_even_when_the_storage_refuses_their_trials(t
     with pytest.raises(RuntimeError, match="vanished"):
         cleanup.settle_in_flight(r, "interrupted")
     assert calls == ["trackers told", "workers stopped"]
+
+
+def test_a_vanished_study_stops_its_jobs_workers_before_the_sweep_ends(monkeypatch):
+    """The CI hang of the flush test under joblib: the sweep said the study vanished and ended, while
+    a job's worker still ran; loky's exit handler waited for it."""
+    from types import SimpleNamespace
+
+    from hydra_study_sweeper import loop
+    from hydra_study_sweeper.errors import SweepExit
+
+    calls = []
+    monkeypatch.setattr(loop, "vanished", lambda storage: True)
+    r = SimpleNamespace(
+        plan=SimpleNamespace(storage=object(), name="sphere"),
+        settings=SimpleNamespace(storage="redis://127.0.0.1:1/0"),
+        launches=SimpleNamespace(abandon=lambda: calls.append("workers stopped")),
+    )
+    with pytest.raises(SweepExit) as ended:
+        loop.still_there(r)
+    assert ended.value.code == 2 and calls == ["workers stopped"]
